@@ -1,0 +1,38 @@
+# edgeforge: install, demo, test.  Everything runs inside .venv in the repo root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ARCH := $(shell uname -m)
+# torch/torchvision builds that exist on these machines' local disk (see README); the
+# constraints file stops any later install from pulling a different torch.
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+DEMO_RECIPE ?= efficientformer_l1
+DEMO_OUT ?= artifacts/$(DEMO_RECIPE)
+PYTEST_ARGS ?= -n 2 -q
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c $(VENV)/torch-constraints.txt $(TORCH_PINS)
+	$(PIP) install -q -c $(VENV)/torch-constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/edgeforge export $(DEMO_RECIPE) --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) artifacts build plugins/build

@@ -1,0 +1,117 @@
+"""Artifact directories and their manifest (design.md, "The path a model takes").
+
+Torch-free: the agent and the runtimes read manifests on devices that have no torch.
+
+Every write is atomic (temp file in the same directory + rename), so a failed step leaves the
+previous state intact. `manifest.json` records, per step, the command, the inputs' hash (a step
+whose inputs have not changed is skipped) and every file it produced with its sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `final`; rename it onto `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class Manifest:
+    """`<artifact>/manifest.json`: one entry per step (export, int8-<method>, <target>, ...)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.path = self.root / MANIFEST
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                from edgeforge.errors import BadInput
+
+                raise BadInput(f"{self.path}: not valid JSON ({e}); remove it or export again") from e
+        else:
+            self.data = {"schema_version": MANIFEST_SCHEMA_VERSION, "steps": {}}
+        self.data.setdefault("steps", {})
+
+    @property
+    def steps(self) -> dict[str, dict]:
+        return self.data["steps"]
+
+    def step(self, name: str) -> dict | None:
+        return self.steps.get(name)
+
+    def is_up_to_date(self, name: str, inputs_hash: str) -> bool:
+        """True when step `name` ran with the same inputs and its files are still intact."""
+        step = self.steps.get(name)
+        if not step or step.get("inputs_hash") != inputs_hash:
+            return False
+        for rel, digest in step.get("files", {}).items():
+            p = self.root / rel
+            if not p.exists() or sha256_file(p) != digest:
+                return False
+        return True
+
+    def record(self, name: str, entry: dict, files: list[str | os.PathLike] = ()) -> dict:
+        """Record a finished step with the sha256 of each produced file, and save atomically."""
+        entry = dict(entry)
+        entry["files"] = {
+            str(Path(f).resolve().relative_to(self.root.resolve())): sha256_file(f) for f in files
+        }
+        entry.setdefault("finished_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.steps[name] = entry
+        self.save()
+        return entry
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)

@@ -1,0 +1,173 @@
+"""The `edgeforge` command line: thin click commands that parse, call the library, and print.
+
+Exit codes (design.md): 0 success, 1 a check failed (parity, accuracy, latency budget),
+2 bad input (or a command/toolchain not available here).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from edgeforge import __version__
+from edgeforge.errors import EdgeforgeError, NotAvailable
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+_PASSTHROUGH = dict(ignore_unknown_options=True, allow_extra_args=True)
+
+
+def _not_yet(command: str) -> None:
+    raise NotAvailable(f"`edgeforge {command}` is not available yet in edgeforge {__version__}.")
+
+
+@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.version_option(__version__, prog_name="edgeforge")
+def cli() -> None:
+    """edgeforge: recipes -> ONNX -> INT8 -> compiled artifact -> latency/accuracy report.
+
+    \b
+    Typical path:
+      edgeforge recipes                               # what can be built
+      edgeforge export efficientformer_l1 --out artifacts/l1
+      edgeforge quantize artifacts/l1 --calib natural
+      edgeforge bench artifacts/l1 --target cpu-ort
+
+    Exit codes: 0 success, 1 a check failed (parity, accuracy, latency), 2 bad input.
+    """
+
+
+# --------------------------------------------------------------------------- recipes
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def recipes(ctx: click.Context) -> None:
+    """List every recipe variant (params, MACs, input shape); `recipes show NAME` for one."""
+    if ctx.invoked_subcommand is None:
+        from edgeforge.export.model_card import recipes_table
+
+        console.print(recipes_table())
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--no-measure", is_flag=True, help="Skip building the model to measure params/MACs.")
+def recipes_show(name: str, no_measure: bool) -> None:
+    """Print the resolved recipe NAME (`<family>_<variant>` or a YAML path) and its model card."""
+    from edgeforge.export.model_card import show_recipe
+
+    show_recipe(name, measure=not no_measure, console=console)
+
+
+# --------------------------------------------------------------------------- export
+@cli.command()
+@click.argument("recipe")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Artifact directory (default: artifacts/<recipe>).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="State dict (.pt/.pth/.safetensors) loaded strictly; default: random init, fixed seed.")
+@click.option("--batch", default=None, help="Batch size N, or 'dynamic' (default: the recipe's).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the recipe's).")
+@click.option("--custom-ops", type=click.Choice(["auto", "plugin", "decompose"]), default=None,
+              help="Keep edgeforge:: custom nodes (plugin) or emit standard ops only (decompose).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init and parity inputs.")
+@click.option("--force", is_flag=True, help="Export even if the inputs have not changed.")
+def export(recipe, out_dir, weights, batch, opset, custom_ops, seed, force) -> None:
+    """Export RECIPE to ONNX with deploy transforms, onnxslim and a parity check.
+
+    Writes OUT/fp32/model.onnx and OUT/manifest.json. Exits 1 if ONNX Runtime disagrees with
+    PyTorch beyond the recipe's tolerance (the previous model, if any, is left in place).
+    """
+    from edgeforge.export import export_recipe
+    from edgeforge.export.report import print_export_summary
+
+    if batch is not None and batch != "dynamic":
+        try:
+            batch = int(batch)
+            if batch <= 0:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{batch!r}: use a positive integer or 'dynamic'", param_hint="--batch")
+    result = export_recipe(recipe, out_dir=out_dir, weights=weights, batch=batch, opset=opset,
+                           custom_ops=custom_ops, seed=seed, force=force, argv=sys.argv, console=console)
+    print_export_summary(result, console)
+
+
+# --------------------------------------------------------------------------- not yet built
+@cli.command(context_settings=_PASSTHROUGH)
+def quantize() -> None:
+    """Post-training INT8 quantization of an exported artifact with a calibration set."""
+    _not_yet("quantize")
+
+
+@cli.command(name="compile", context_settings=_PASSTHROUGH)
+def compile_() -> None:
+    """Compile an artifact for a target (TensorRT engine, OpenVINO IR, CoreML package)."""
+    _not_yet("compile")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def bench() -> None:
+    """Measure latency (and accuracy with --eval) of an artifact on a target; write a report."""
+    _not_yet("bench")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def report() -> None:
+    """Show, compare (CI budgets) and render reports to HTML."""
+    _not_yet("report")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def targets() -> None:
+    """List device targets and whether each is reachable from here."""
+    _not_yet("targets")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def build() -> None:
+    """Build a matrix of recipes x targets x precisions from BUILD.yaml (for CI)."""
+    _not_yet("build")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def agent() -> None:
+    """Device agent: `agent serve` runs on a device for on-device latency reports."""
+    _not_yet("agent")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def plugins() -> None:
+    """Build the native custom-op library (`plugins build`) and show what is built (`plugins info`)."""
+    _not_yet("plugins")
+
+
+@cli.command(context_settings=_PASSTHROUGH)
+def calib() -> None:
+    """Calibration sets: `calib make FOLDER --out calib/NAME.yaml`, `calib show NAME`."""
+    _not_yet("calib")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="edgeforge", standalone_mode=False)
+    except EdgeforgeError as e:
+        from rich.text import Text
+
+        err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
