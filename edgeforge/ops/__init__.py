@@ -19,8 +19,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-DOMAIN = "edgeforge"
-OPSET_VERSION = 1
+from edgeforge.ops.checks import OpInputError  # noqa: F401  (torch-free)
+from edgeforge.ops.schema import DOMAIN, OPSET_VERSION
+
 CUSTOM_OPSETS = {DOMAIN: OPSET_VERSION}
 
 _LAZY = {

@@ -1,4 +1,7 @@
-"""Torch references of the custom ops: the definition every other implementation is tested against."""
+"""Torch references of the custom ops: the definition every other implementation is tested against.
+
+Written for clarity, not speed: a step-by-step scan, and attention that materialises the logits.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,16 @@ import math
 
 import torch
 
+from edgeforge.ops.checks import check_gated_attention, check_linear_scan
+
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, reverse: bool = False):
-    """h_t = a_t * h_{t-1} + b_t over dim 1 of (B, T, C); returns (all states, last state)."""
-    if a.shape != b.shape or a.dim() != 3:
-        raise ValueError(f"linear_scan: a and b must both be (B, T, C), got {tuple(a.shape)} and {tuple(b.shape)}")
-    h = torch.zeros_like(b[:, 0]) if h0 is None else h0
+    """h_t = a_t * h_{t-1} + b_t over dim 1 of (B, T, C) (t runs backwards if `reverse`).
+
+    Returns (all states (B, T, C), last state (B, C)); h0 (B, C) defaults to zeros.
+    """
+    check_linear_scan(a.shape, b.shape, None if h0 is None else h0.shape)
+    h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(b.dtype)
     steps = range(a.shape[1] - 1, -1, -1) if reverse else range(a.shape[1])
     out = [None] * a.shape[1]
     for t in steps:
@@ -20,18 +27,25 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     return torch.stack(out, dim=1), h
 
 
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
+
+
 def gated_attention(q, k, v, bias=None, log_f=None, scale: float | None = None, causal: bool = False):
-    """softmax(scale * q k^T + bias [+ c_i - c_j from log_f]) v, with an optional causal mask."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("gated_attention: q, k, v must be 4-D (B, H, N|M, D)")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    """softmax(scale * q k^T + bias [+ c_i - c_j, c = cumsum(log_f)]) v, causal if asked or if log_f.
+
+    The causal mask is aligned bottom-right (query i sees keys j <= i + M - N), so it also serves a
+    query block appended to a longer key cache.
+    """
+    check_gated_attention(q.shape, k.shape, v.shape, None if bias is None else bias.shape,
+                          None if log_f is None else log_f.shape, causal)
+    scale = default_scale(q.shape[-1]) if scale is None else scale
     logits = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:
         logits = logits + bias
     n, m = q.shape[-2], k.shape[-2]
     if log_f is not None:
-        if n != m:
-            raise ValueError(f"gated_attention: log_f needs N == M, got N={n}, M={m}")
+        # FoX: c in fp32; only differences c_i - c_j (bounded for j <= i) ever enter the softmax.
         c = torch.cumsum(log_f.float(), dim=-1).to(logits.dtype)
         logits = logits + (c.unsqueeze(-1) - c.unsqueeze(-2))
         causal = True
