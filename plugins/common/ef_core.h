@@ -1,0 +1,66 @@
+// Shared building blocks of the edgeforge math cores. Header-only and free of any runtime API so
+// that the same source compiles into the CPU library (g++) and into the CUDA kernels (nvcc).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#define EF_HD __host__ __device__ __forceinline__
+#else
+#define EF_HD inline
+#endif
+
+#if defined(__CUDACC__) || defined(__GNUC__)
+#define EF_RESTRICT __restrict__
+#else
+#define EF_RESTRICT
+#endif
+
+namespace ef {
+
+// Status codes shared by the C ABI, the ORT kernels and the TensorRT plugins.
+enum Status : int32_t { kOk = 0, kBadShape = 1, kNonFinite = 2, kBadArgument = 3 };
+
+EF_HD float to_float(float x) { return x; }
+EF_HD void from_float(float x, float* out) { *out = x; }
+#if defined(__CUDACC__)
+EF_HD float to_float(__half x) { return __half2float(x); }
+EF_HD void from_float(float x, __half* out) { *out = __float2half(x); }
+#endif
+
+EF_HD float bits_to_float(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+    return __int_as_float(bits);
+#else
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
+
+EF_HD float ef_fmax(float a, float b) { return a > b ? a : b; }
+EF_HD float ef_fmin(float a, float b) { return a < b ? a : b; }
+
+// exp(x) for x <= 0 (the softmax only ever exponentiates differences to a running maximum).
+// Branch-free so the CPU build vectorizes it: x = n*ln2 + r with |r| <= ln2/2, exp(r) by a
+// degree-6 polynomial (relative error ~2e-7), 2^n assembled in the exponent bits. Inputs below
+// -87 (including -inf from masking) give exactly 0.
+EF_HD float exp_nonpos(float x) {
+    const float xc = ef_fmax(x, -87.0f);
+    const float n = static_cast<float>(static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f));
+    float r = xc - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;
+    float p = 1.3888889e-3f;
+    p = p * r + 8.3333333e-3f;
+    p = p * r + 4.1666667e-2f;
+    p = p * r + 1.6666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const float scale = bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+    return x < -87.0f ? 0.0f : p * scale;
+}
+
+}  // namespace ef
