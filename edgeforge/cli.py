@@ -14,7 +14,8 @@ from rich.console import Console
 from edgeforge import __version__
 from edgeforge.errors import EdgeforgeError, NotAvailable
 
-console = Console(stderr=False)
+# Rich wraps at 80 columns when stdout is not a terminal; tables of recipes need more.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 _PASSTHROUGH = dict(ignore_unknown_options=True, allow_extra_args=True)
@@ -91,7 +92,7 @@ def export(recipe, out_dir, weights, batch, opset, custom_ops, seed, force) -> N
         except ValueError:
             raise click.BadParameter(f"{batch!r}: use a positive integer or 'dynamic'", param_hint="--batch")
     result = export_recipe(recipe, out_dir=out_dir, weights=weights, batch=batch, opset=opset,
-                           custom_ops=custom_ops, seed=seed, force=force, argv=sys.argv, console=console)
+                           custom_ops=custom_ops, seed=seed, force=force, argv=_command_line(), console=console)
     print_export_summary(result, console)
 
 
@@ -150,7 +151,16 @@ def calib() -> None:
     _not_yet("calib")
 
 
+def _command_line() -> list[str]:
+    """The command as the user typed it (recorded in manifests)."""
+    return list(_INVOCATION) if _INVOCATION else ["edgeforge", *sys.argv[1:]]
+
+
+_INVOCATION: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
+    _INVOCATION[:] = ["edgeforge", *(sys.argv[1:] if argv is None else argv)]
     try:
         cli.main(args=argv, prog_name="edgeforge", standalone_mode=False)
     except EdgeforgeError as e:

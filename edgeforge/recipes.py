@@ -100,6 +100,9 @@ class Published(_Strict):
     top1: float | None = None
     source: str | None = None
     note: str | None = None
+    # How far our measured params may sit from params_m: published figures are rounded (3.5M is
+    # +-1.4% from rounding alone) and papers differ on what they count (distillation heads).
+    params_tol: float = Field(0.02, gt=0, le=0.5)
 
 
 class Variant(_Strict):

@@ -1,0 +1,260 @@
+"""`edgeforge export`: recipe -> torch model -> deploy transforms -> ONNX -> onnxslim -> parity.
+
+The ONNX file is written to a temp path and only renamed onto ART/fp32/model.onnx once parity
+has passed, so a failed export leaves the previous model (if any) in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shlex
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeforge import ops
+from edgeforge.artifacts import Manifest, atomic_path, sha256_file, sha256_json
+from edgeforge.errors import BadInput, CheckFailed
+from edgeforge.export import graph_checks
+from edgeforge.export.model_stats import count_macs, count_params
+from edgeforge.export.parity import check_parity, ort_cpu_session
+from edgeforge.export.simplify import save_single_file, simplify
+from edgeforge.export.transforms import TransformRecord, apply_transforms
+from edgeforge.export.weights import load_weights_strict, read_state_dict
+from edgeforge.models import build_model
+from edgeforge.recipes import Recipe, load
+from edgeforge.versions import toolchain_versions
+
+STEP = "export"
+
+
+@dataclass
+class PreparedModel:
+    recipe: Recipe
+    model: torch.nn.Module
+    inputs: dict[str, torch.Tensor]
+    output_names: list[str]
+    transforms: list[TransformRecord]
+    params: int
+    params_before_transforms: int
+    weights: str | None
+    seed: int
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    onnx_path: Path
+    entry: dict
+    skipped: bool = False
+    timings: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def example_image_batch(recipe: Recipe, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch shaped per the recipe: uniform [0,1] pixels normalised with the recipe's mean/std,
+    so parity runs on the value range the model sees in deployment."""
+    spec = recipe.spec.input
+    x = torch.rand((batch, *spec.shape), generator=generator)
+    c_axis = 1 if spec.layout == "NCHW" else 2
+    shape = [1] * x.dim()
+    shape[c_axis] = -1
+    mean = torch.tensor(spec.mean).view(shape)
+    std = torch.tensor(spec.std).view(shape)
+    return (x - mean) / std
+
+
+def model_inputs(recipe: Recipe, model: torch.nn.Module, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The model's named example inputs: its own `export_inputs(batch)` if it defines one."""
+    if callable(getattr(model, "export_inputs", None)):
+        feeds = model.export_inputs(batch)
+        primary = recipe.spec.input.name
+        if primary in feeds:  # regenerate the image input deterministically from our generator
+            feeds = dict(feeds)
+            feeds[primary] = example_image_batch(recipe, batch, generator)
+        return {k: v.clone() for k, v in feeds.items()}
+    return {recipe.spec.input.name: example_image_batch(recipe, batch, generator)}
+
+
+def _outputs_list(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _outputs_list(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _outputs_list(o)]
+    raise BadInput(f"model output of type {type(out).__name__} is not a tensor, tuple or dict of tensors")
+
+
+def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None, seed: int = 0,
+                  batch: int = 1) -> PreparedModel:
+    """Build the recipe's model (weights or seeded random init) and apply its deploy transforms."""
+    recipe = load(recipe) if isinstance(recipe, str) else recipe
+    seed_everything(seed)
+    model = build_model(recipe.spec.builder, **recipe.spec.builder_args)
+    if weights:
+        load_weights_strict(model, weights)
+    model.eval()
+    params_before = count_params(model)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = model_inputs(recipe, model, batch, gen)
+    with torch.no_grad():
+        records = apply_transforms(model, recipe.spec.export.transforms, tuple(inputs.values()),
+                                   tol=max(recipe.spec.parity.tol / 10, 1e-6), floor=recipe.spec.parity.floor)
+        n_out = len(_outputs_list(model(*inputs.values())))
+    names = list(getattr(model, "export_output_names", None) or
+                 (["logits"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
+    if len(names) != n_out:
+        raise BadInput(f"{recipe.name}: model declares {len(names)} output names but returns {n_out} tensors")
+    return PreparedModel(recipe, model, inputs, names, records, count_params(model), params_before,
+                         str(weights) if weights else None, seed)
+
+
+def resolve_custom_ops(mode: str | None, recipe: Recipe) -> str:
+    """`auto` means the default target's choice: the local default target is ONNX Runtime on the
+    CPU, which runs standard ops everywhere, so `decompose` (TensorRT targets ask for `plugin`)."""
+    mode = mode or recipe.spec.export.custom_ops
+    return "decompose" if mode == "auto" else mode
+
+
+def _torch_export(prepared: PreparedModel, path: Path, opset: int, dynamic: bool, custom_ops: str) -> None:
+    names = list(prepared.inputs)
+    dynamic_axes = {n: {0: "batch"} for n in names + prepared.output_names} if dynamic else None
+    with warnings.catch_warnings(), ops.export_mode(custom_ops), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(prepared.model, tuple(prepared.inputs.values()), str(path), dynamo=False,
+                          opset_version=opset, input_names=names, output_names=prepared.output_names,
+                          dynamic_axes=dynamic_axes, do_constant_folding=True,
+                          custom_opsets=ops.CUSTOM_OPSETS if custom_ops == "plugin" else None)
+
+
+def _parity_feeds(prepared: PreparedModel, batches: list[int], num: int, seed: int):
+    """Fresh inputs (not the export's example) for each parity run, with torch reference outputs."""
+    feeds, refs = [], []
+    gen = torch.Generator().manual_seed(seed + 1)
+    for i in range(num):
+        b = batches[i % len(batches)]
+        inputs = model_inputs(prepared.recipe, prepared.model, b, gen)
+        with torch.no_grad():
+            ref = _outputs_list(prepared.model(*inputs.values()))
+        feeds.append({k: v.numpy() for k, v in inputs.items()})
+        refs.append([r.numpy() for r in ref])
+    return feeds, refs
+
+
+def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None,
+                  weights: str | os.PathLike | None = None, batch: int | str | None = None,
+                  opset: int | None = None, custom_ops: str | None = None, seed: int = 0,
+                  force: bool = False, argv: list[str] | None = None, console=None,
+                  check_simplify_latency: bool = True) -> ExportResult:
+    recipe = load(recipe) if isinstance(recipe, str) else recipe
+    spec = recipe.spec
+    batch = spec.export.batch if batch is None else batch
+    opset = spec.export.opset if opset is None else opset
+    if not 13 <= opset <= 23:
+        raise BadInput(f"--opset {opset}: accepted 13..23")
+    mode = resolve_custom_ops(custom_ops, recipe)
+    out = Path(out_dir) if out_dir else Path("artifacts") / recipe.name
+    onnx_path = out / "fp32" / "model.onnx"
+    weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
+    if weights and weights_sha is None:
+        raise BadInput(f"--weights {weights}: no such file")
+    settings = {"recipe": recipe.to_dict() | {"source_file": None}, "weights_sha256": weights_sha,
+                "batch": batch, "opset": opset, "custom_ops": mode, "seed": seed}
+    versions = toolchain_versions()
+    inputs_hash = sha256_json({"settings": settings, "versions": versions})
+    manifest = Manifest(out)
+    if not force and manifest.is_up_to_date(STEP, inputs_hash):
+        return ExportResult(out, onnx_path, manifest.step(STEP), skipped=True)
+
+    timings: dict[str, float] = {}
+    status = console.status if console is not None else (lambda *_a, **_k: contextlib.nullcontext())
+    t0 = time.perf_counter()
+    with status(f"building {recipe.name} and applying deploy transforms"):
+        example_batch = 2 if batch == "dynamic" else int(batch)
+        prepared = prepare_model(recipe, weights, seed, example_batch)
+        macs = count_macs(prepared.model, tuple(model_inputs(recipe, prepared.model, 1,
+                                                             torch.Generator().manual_seed(seed)).values()))
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    import onnx
+
+    with atomic_path(onnx_path) as tmp:
+        t0 = time.perf_counter()
+        with status(f"exporting {recipe.name} to ONNX (opset {opset}, custom ops: {mode})"):
+            _torch_export(prepared, tmp, opset, batch == "dynamic", mode)
+        timings["torch_export_s"] = time.perf_counter() - t0
+        raw = onnx.load(str(tmp))
+        nodes_raw = len(raw.graph.node)
+
+        t0 = time.perf_counter()
+        feeds, refs = _parity_feeds(prepared, [1, 3] if batch == "dynamic" else [example_batch],
+                                    spec.parity.num_inputs, seed)
+
+        def session_for(model_proto):
+            p = tmp.with_suffix(".probe.onnx")
+            save_single_file(model_proto, p)
+            try:
+                return ort_cpu_session(p)
+            finally:
+                p.unlink(missing_ok=True)
+
+        with status("simplifying with onnxslim (kept only if ONNX Runtime is not slower)"):
+            if check_simplify_latency:
+                final, slim = simplify(raw, feeds[0], session_for)
+            else:
+                final, slim = simplify(raw, feeds[0], session_for, time_budget_s=0.0)
+        save_single_file(final, tmp)
+        timings["simplify_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with status("checking parity: ONNX Runtime CPU vs PyTorch"):
+            parity = check_parity(tmp, feeds, refs, spec.parity.tol, spec.parity.floor, spec.parity.min_cosine)
+        timings["parity_s"] = time.perf_counter() - t0
+        if not parity.passed:
+            raise CheckFailed(
+                f"{recipe.name}: ONNX Runtime disagrees with PyTorch: max abs err {parity.max_abs_err:.3g} "
+                f"(relative {parity.rel_err:.3g}, tolerance {parity.tol:g}), cosine {parity.cosine:.6f} "
+                f"(min {parity.min_cosine}); {onnx_path} was not written")
+    final_model = onnx.load(str(onnx_path), load_external_data=False)
+    ins, outs = graph_checks.io_spec(final_model)
+    entry = {
+        "recipe": recipe.name,
+        "recipe_hash": sha256_json(recipe.to_dict() | {"source_file": None}),
+        "resolved_recipe": recipe.to_dict(),
+        "inputs_hash": inputs_hash,
+        "command": shlex.join(argv) if argv else None,
+        "seed": seed,
+        "weights": {"path": str(weights), "sha256": weights_sha} if weights else
+                   {"path": None, "note": f"random initialisation (torch.manual_seed({seed}))"},
+        "inputs": ins,
+        "outputs": outs,
+        "model": {"params": prepared.params_before_transforms, "params_deployed": prepared.params,
+                  "macs": macs, "builder": spec.builder},
+        "transforms": [vars(r) for r in prepared.transforms],
+        "onnx": {"path": str(onnx_path.relative_to(out)), "opset": opset, "sha256": sha256_file(onnx_path),
+                 "custom_ops": mode, "batch": batch, "size_bytes": onnx_path.stat().st_size,
+                 "nodes_raw": nodes_raw, "nodes": len(final_model.graph.node),
+                 "ops": graph_checks.op_histogram(final_model),
+                 "gathers_over_initializers": len(graph_checks.gathers_over_initializers(final_model)),
+                 "simplify": slim.to_dict()},
+        "parity": parity.to_dict(),
+        "toolchain": versions,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    manifest.set("recipe", recipe.name)
+    manifest.record(STEP, entry, files=[onnx_path])
+    return ExportResult(out, onnx_path, manifest.step(STEP), timings=timings)
