@@ -108,11 +108,12 @@ class OpenVINORunner(Runner):
         # What the plugin actually uses, read back: the report states this, not what we asked.
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
             try:
-                self.effective[key] = str(self.compiled.get_property(key))
+                value = self.compiled.get_property(key)
             except Exception:  # a plugin may not expose every property
-                pass
-        got = self.effective.get("INFERENCE_PRECISION_HINT", "").lower()
-        if got and self.precision_hint not in got:
+                continue
+            self.effective[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+        got = self.effective.get("INFERENCE_PRECISION_HINT")
+        if got is not None and got != self.precision_hint:
             raise NotAvailable(
                 f"OpenVINO {self.device} runs at {got} although {self.precision_hint} was requested; "
                 f"refusing to report numbers at a precision that was not asked for"
