@@ -63,4 +63,16 @@ EF_HD float exp_nonpos(float x) {
     return x < -87.0f ? 0.0f : p * scale;
 }
 
+// Element strides of a contiguous 4-D tensor of `shape` broadcast to `full` (0 where broadcast);
+// false if it is not broadcastable.
+inline bool broadcast_strides(const int64_t shape[4], const int64_t full[4], int64_t strides[4]) {
+    int64_t acc = 1;
+    for (int i = 3; i >= 0; --i) {
+        if (shape[i] != 1 && shape[i] != full[i]) return false;
+        strides[i] = (shape[i] == 1) ? 0 : acc;
+        acc *= shape[i];
+    }
+    return true;
+}
+
 }  // namespace ef

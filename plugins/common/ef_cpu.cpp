@@ -26,14 +26,4 @@ Error check_finite(const char* op, const char* name, const float* x, int64_t n, 
     return {kNonFinite, msg.str()};
 }
 
-bool broadcast_strides(const int64_t shape[4], const int64_t full[4], int64_t strides[4]) {
-    int64_t acc = 1;
-    for (int i = 3; i >= 0; --i) {
-        if (shape[i] != 1 && shape[i] != full[i]) return false;
-        strides[i] = (shape[i] == 1) ? 0 : acc;
-        acc *= shape[i];
-    }
-    return true;
-}
-
 }  // namespace ef

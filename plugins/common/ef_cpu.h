@@ -47,8 +47,4 @@ struct GatedAttentionArgs {
 };
 Error gated_attention_cpu(const GatedAttentionArgs& args, const ParallelFor& pf);
 
-// Element strides of a contiguous tensor of `shape` broadcast to `full` (0 where broadcast);
-// returns false if it is not broadcastable.
-bool broadcast_strides(const int64_t shape[4], const int64_t full[4], int64_t strides[4]);
-
 }  // namespace ef
