@@ -32,8 +32,10 @@ class BlockDiagonalLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(heads, self.block))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = x.reshape(*x.shape[:-1], self.heads, self.block)
-        y = torch.einsum("...hi,hij->...hj", xs, self.weight) + self.bias
+        # (heads, M, block) @ (heads, block, block): a batched MatMul, which ONNX shape
+        # inference follows (an Einsum with an ellipsis loses the static shape)
+        xs = x.reshape(-1, self.heads, self.block).transpose(0, 1)
+        y = (xs @ self.weight).transpose(0, 1) + self.bias
         return y.reshape(x.shape)
 
 
@@ -62,8 +64,10 @@ class RGLRU(nn.Module):
         # the first step has no history: its input is not normalised (Griffin's reset)
         first = torch.zeros_like(norm[:, :1]) + 1.0
         norm = torch.cat([first, norm[:, 1:]], dim=1)
-        h, _ = ops.linear_scan(a, gated * norm)
-        return h
+        b = gated * norm
+        h, _ = ops.linear_scan(a, b)
+        # restate the (static) shape: exporters' shape inference may not see through the scan
+        return h.reshape(b.shape)
 
     def step(self, x: torch.Tensor, h: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """One step: x (B, C), previous state h (B, C), is_first (B, 1) in {0, 1} -> new state."""
@@ -82,13 +86,14 @@ class CausalConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[1]
-        padded = F.pad(x, (0, 0, self.kernel - 1, 0))
-        out = self.bias
-        for i in range(self.kernel):
-            start = self.kernel - 1 - i
-            out = out + padded[:, start:start + t] * self.weight[i]
-        return out
+        # A depthwise Conv1d over (B, C, T) padded by k-1 on both sides, keeping the first T
+        # outputs: tap j then sees x_{t-(k-1-j)}. One Conv node with constant pads and a constant
+        # slice keeps the exported shapes static for the scan that follows.
+        w = self.weight.flip(0).t().unsqueeze(1)  # (C, 1, k)
+        y = F.conv1d(x.transpose(1, 2), w, self.bias, padding=self.kernel - 1, groups=w.shape[0])
+        if self.kernel > 1:
+            y = y[:, :, :1 - self.kernel]
+        return y.transpose(1, 2)
 
     def step(self, x: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C) and the previous k-1 inputs `window` (B, k-1, C), oldest first -> (y, new window)."""
