@@ -52,9 +52,9 @@ def gated_attention(q, k, v, bias=None, log_f=None, scale: float | None = None, 
         causal = True
     if causal:
         logits = np.where(np.tril(np.ones((n, m), dtype=bool), k=m - n), logits, -np.inf)
-    mx = logits.max(axis=-1, keepdims=True)
-    if not np.isfinite(mx).all():
-        raise OpInputError("GatedAttention: a query row has no key with a finite logit (bias masks every key)")
-    p = np.exp(logits - mx)
-    p /= p.sum(axis=-1, keepdims=True)
+    # A row whose keys are all masked gives NaN, as softmax over all -inf does in torch.
+    with np.errstate(invalid="ignore"):
+        mx = logits.max(axis=-1, keepdims=True)
+        p = np.exp(logits - mx)
+        p /= p.sum(axis=-1, keepdims=True)
     return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
