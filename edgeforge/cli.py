@@ -139,10 +139,55 @@ def agent() -> None:
     _not_yet("agent")
 
 
-@cli.command(context_settings=_PASSTHROUGH)
-def plugins() -> None:
-    """Build the native custom-op library (`plugins build`) and show what is built (`plugins info`)."""
-    _not_yet("plugins")
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def plugins(ctx: click.Context) -> None:
+    """Native custom ops: `plugins build` (CMake; what this machine can build) and `plugins info`."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(plugins_info)
+
+
+def _print_plugin_parts(data: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"edgeforge plugins ({data['build_dir']})")
+    for col in ("part", "state", "path / reason"):
+        table.add_column(col)
+    for name, part in data["parts"].items():
+        state = "[green]built[/]" if part["built"] else "[yellow]skipped[/]"
+        table.add_row(name, state, part.get("path") or part.get("reason", ""))
+    console.print(table)
+    for dep, note in data.get("deps", {}).items():
+        console.print(f"  {dep}: {note}")
+
+
+@plugins.command("build")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None, help="Default: plugins/build.")
+@click.option("--no-fetch", is_flag=True, help="Do not download missing headers (TensorRT, ONNX Runtime).")
+@click.option("--require", multiple=True, type=click.Choice(["cpu", "asan", "ort", "trt"]),
+              help="Exit 1 unless this part was built (repeatable).")
+def plugins_build(build_dir, no_fetch, require) -> None:
+    """Build the CPU math core, its ASan test driver, the ONNX Runtime kernels and the TensorRT plugins.
+
+    Builds what this machine can build and says what it skipped and why.
+    """
+    from edgeforge.errors import CheckFailed
+    from edgeforge.ops import build as plugin_build
+
+    report = plugin_build.build(build_dir, fetch=not no_fetch, log=lambda m: console.print(f"[dim]{m}[/]"))
+    _print_plugin_parts(report.to_json())
+    missing = [p for p in require if not report.parts.get(p) or not report.parts[p].built]
+    if missing:
+        raise CheckFailed(f"required plugin parts not built: {', '.join(missing)}")
+
+
+@plugins.command("info")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None, help="Default: plugins/build.")
+def plugins_info(build_dir) -> None:
+    """Show which native libraries are built, where, and which headers they were built with."""
+    from edgeforge.ops import build as plugin_build
+
+    _print_plugin_parts(plugin_build.info(build_dir))
 
 
 @cli.command(context_settings=_PASSTHROUGH)
