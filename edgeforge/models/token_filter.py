@@ -99,7 +99,6 @@ TF_CONFIGS = {
     "tiny": TFConfig(64, 2, 2, img_size=64),  # test-sized
     "deit_t": TFConfig(192, 12, 3),
     "deit_s": TFConfig(384, 12, 6),
-    "deit_b": TFConfig(768, 12, 12),
 }
 
 
@@ -117,8 +116,3 @@ def token_filter_deit_t(**kw) -> TokenFilterViT:
 @register_model
 def token_filter_deit_s(**kw) -> TokenFilterViT:
     return TokenFilterViT(TF_CONFIGS["deit_s"], **kw)
-
-
-@register_model
-def token_filter_deit_b(**kw) -> TokenFilterViT:
-    return TokenFilterViT(TF_CONFIGS["deit_b"], **kw)

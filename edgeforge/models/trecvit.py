@@ -130,26 +130,34 @@ class TRecViTStep(nn.Module):
         super().__init__()
         self.clip = clip
 
-    def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The state at the start of a stream: all zeros."""
         c = self.clip
         return {
-            "lru_state": torch.zeros(batch, c.cfg.depth, c.num_tokens, c.lru_width),
-            "conv_state": torch.zeros(batch, c.cfg.depth, c.cfg.conv_width - 1, c.num_tokens, c.lru_width),
-            "pool_sum": torch.zeros(batch, c.cfg.rep_size),
-            "frames_seen": torch.zeros(batch, 1),
+            "lru_state": torch.zeros(batch, c.cfg.depth, c.num_tokens, c.lru_width, device=device),
+            "conv_state": torch.zeros(batch, c.cfg.depth, c.cfg.conv_width - 1, c.num_tokens, c.lru_width,
+                                      device=device),
+            "pool_sum": torch.zeros(batch, c.cfg.rep_size, device=device),
+            "frames_seen": torch.zeros(batch, 1, device=device),
         }
 
     def export_inputs(self, batch: int) -> dict[str, torch.Tensor]:
         """Example inputs for export and parity: a frame and a mid-stream state (3 frames seen),
         so that the recurrence itself (not only the start of a stream) is checked."""
-        g = torch.Generator().manual_seed(1234)
+        g = torch.Generator().manual_seed(1234)  # CPU tensors even under a meta device context
         c = self.clip
-        state = self.initial_state(batch)
-        state["lru_state"] = torch.randn(state["lru_state"].shape, generator=g) * 0.5
-        state["conv_state"] = torch.randn(state["conv_state"].shape, generator=g) * 0.5
-        state["pool_sum"] = torch.rand(state["pool_sum"].shape, generator=g) * 2 - 1
-        state["frames_seen"] = torch.full((batch, 1), 3.0)
-        frame = torch.randn(batch, c.in_chans, c.img_size, c.img_size, generator=g)
+
+        def rand(shape, scale):
+            return (torch.rand(shape, generator=g, device="cpu") * 2 - 1) * scale
+
+        shapes = {k: v.shape for k, v in self.initial_state(batch, device="meta").items()}
+        state = {
+            "lru_state": rand(shapes["lru_state"], 1.0),
+            "conv_state": rand(shapes["conv_state"], 1.0),
+            "pool_sum": rand(shapes["pool_sum"], 3.0),  # the sum of 3 tanh features
+            "frames_seen": torch.full((batch, 1), 3.0, device="cpu"),
+        }
+        frame = rand((batch, c.in_chans, c.img_size, c.img_size), 2.0)
         return {"frame": frame, **state}
 
     def forward(self, frame, lru_state, conv_state, pool_sum, frames_seen):
