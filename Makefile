@@ -16,7 +16,7 @@ DEMO_RECIPE ?= efficientformer_l1
 DEMO_OUT ?= artifacts/$(DEMO_RECIPE)
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean plugins plugins-asan
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/edgeforge export $(DEMO_RECIPE) --out $(DEMO_OUT)
 
-test: install
+# Native custom ops (plugins/): builds what this machine can (CPU core always; ONNX Runtime kernels
+# and TensorRT plugins when their headers are found or can be fetched into ~/.cache/edgeforge) and
+# says what it skipped and why. A missing toolchain is reported, not an error.
+plugins: install
+	$(VENV)/bin/edgeforge plugins build
+
+# The CPU math cores under AddressSanitizer + UBSan (also run by tests/test_ops_native.py).
+plugins-asan: plugins
+	plugins/build/ef_core_asan
+
+test: install plugins
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
