@@ -155,7 +155,7 @@ def accuracy_vs_latency(points: Sequence[tuple[str, float, float]], title: str, 
         color = PALETTE[j % len(PALETTE)]
         body.append(f'<circle class="point" cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="5" fill="{color}">'
                     f'<title>{escape(label)}: {_fmt(x)} ms, {_fmt(y)}</title></circle>'
-                    f'<text x="{f.x(x) + 8:.1f}" y="{f.y(y) + 4:.1f}" fill="{color}">{escape(label)}</text>')
+                    f'<text x="{f.x(x) + 8:.1f}" y="{f.y(y) + 4 + 12 * (j % 3 - 1):.1f}" fill="{color}">{escape(label)}</text>')
     return _svg("accuracy-vs-latency", title, body)
 
 
@@ -164,7 +164,7 @@ def latency_bars(rows: Sequence[tuple[str, float, float, float]], title: str) ->
     rows of (label, p50, p90, noise_pct)."""
     if not rows:
         return _svg("latency-bars", title + " (nothing measured)", [])
-    top = max(r[2] for r in rows) * 1.1
+    top = max(r[2] for r in rows) * 1.6  # room right of the longest whisker for its label
     n = len(rows)
     row_h = (H - M_TOP - M_BOTTOM) / n
     f = _Frame(0, top, 0, 1)
@@ -180,5 +180,5 @@ def latency_bars(rows: Sequence[tuple[str, float, float, float]], title: str) ->
                     f'<line x1="{f.x(p50):.1f}" y1="{y + h / 2:.1f}" x2="{f.x(p90):.1f}" y2="{y + h / 2:.1f}" stroke="#333"/>'
                     f'<rect x="{f.x(max(p50 - band, 0)):.1f}" y="{y + h * 0.3:.1f}" '
                     f'width="{max(f.x(p50 + band) - f.x(max(p50 - band, 0)), 1):.1f}" height="{h * 0.4:.1f}" fill="#000" opacity="0.25"/>'
-                    f'<text x="{M_LEFT + 4}" y="{y + h / 2 + 4:.1f}" fill="#fff">{escape(label)}</text>')
+                    f'<text x="{f.x(p90) + 4:.1f}" y="{y + h / 2 + 4:.1f}" fill="#222">{escape(label)}</text>')
     return _svg("latency-bars", title, body)

@@ -1,0 +1,360 @@
+"""Runner protocol over every runtime present here, with real sessions and real files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from edgeforge.errors import BadInput, NotAvailable
+from edgeforge.runtimes import create_runner, probe_runtime
+from test_bench_support import CLASSES, SHAPE, tiny_art  # noqa: F401  (fixture)
+
+LOCAL = [("onnxruntime", {"provider": "cpu", "threads": 1}), ("openvino", {"device": "CPU", "threads": 1})]
+
+
+def _feed(seed=0):
+    return {"input": np.random.default_rng(seed).standard_normal((1, *SHAPE)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("runtime,options", LOCAL, ids=[r for r, _ in LOCAL])
+def test_runner_protocol(tiny_art, runtime, options):  # noqa: F811
+    if (why := probe_runtime(runtime, options)) is not None:
+        pytest.skip(why)
+    runner = create_runner(runtime, tiny_art / "fp32" / "model.onnx", **options)
+    with create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as ref:
+        expected = ref.infer(_feed())["logits"]
+    with runner as r:
+        assert r.is_active and r.load_time_s > 0
+        assert [s.name for s in r.input_specs()] == ["input"]
+        assert r.input_specs()[0].shape == (1, *SHAPE)
+        assert r.output_names() == ["logits"]
+        out = r.infer(_feed())
+        assert out["logits"].shape == (1, CLASSES)
+        np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-5)
+        info = r.info()
+        assert info.runtime == runtime and info.version and info.versions
+    assert not runner.is_active
+    with pytest.raises(RuntimeError, match="activate"):
+        runner.infer(_feed())
+    # A runner can be activated again after deactivate.
+    with runner as r:
+        assert r.infer(_feed())["logits"].shape == (1, CLASSES)
+
+
+@pytest.mark.parametrize("runtime,options", LOCAL, ids=[r for r, _ in LOCAL])
+def test_input_checks_name_the_problem(tiny_art, runtime, options):  # noqa: F811
+    if (why := probe_runtime(runtime, options)) is not None:
+        pytest.skip(why)
+    x = _feed()["input"]
+    with create_runner(runtime, tiny_art / "fp32" / "model.onnx", **options) as r:
+        with pytest.raises(BadInput, match=r"missing \['input'\].*inputs are \['input'\]"):
+            r.infer({})
+        with pytest.raises(BadInput, match=r"unexpected \['extra'\]"):
+            r.infer({"input": x, "extra": x})
+        with pytest.raises(BadInput, match="dtype float64, the model expects float32"):
+            r.infer({"input": x.astype(np.float64)})
+        with pytest.raises(BadInput, match=r"axis 2: 8 != 16"):
+            r.infer({"input": x[:, :, :8]})
+        with pytest.raises(BadInput, match="rank 3"):
+            r.infer({"input": x[0]})
+        with pytest.raises(BadInput, match="numpy array"):
+            r.infer({"input": x.tolist()})
+
+
+def test_openvino_precision_is_explicit(tiny_art):  # noqa: F811
+    if (why := probe_runtime("openvino", {})) is not None:
+        pytest.skip(why)
+    with create_runner("openvino", tiny_art / "fp32" / "model.onnx", threads=1) as r:
+        opts = r.info().options
+        assert opts["requested"]["INFERENCE_PRECISION_HINT"] == "f32"
+        assert opts["effective"]["INFERENCE_PRECISION_HINT"] == "f32"  # never silently bf16
+    with pytest.raises(BadInput, match="precision_hint"):
+        create_runner("openvino", tiny_art / "fp32" / "model.onnx", precision_hint="int4")
+
+
+def test_openvino_ir_compile_matches_onnx(tiny_art, tmp_path):  # noqa: F811
+    if (why := probe_runtime("openvino", {})) is not None:
+        pytest.skip(why)
+    from edgeforge.runtimes.openvino import compile_ir
+
+    files = compile_ir(tiny_art / "fp32" / "model.onnx", tmp_path / "ir")
+    assert [f.name for f in files] == ["model.xml", "model.bin"]
+    with create_runner("openvino", files[0], threads=1) as ir, \
+            create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as onnx:
+        np.testing.assert_allclose(ir.infer(_feed())["logits"], onnx.infer(_feed())["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_int8_qdq_runs_on_both_cpu_runtimes(tiny_art):  # noqa: F811
+    outs = {}
+    for runtime, options in LOCAL:
+        if probe_runtime(runtime, options) is None:
+            with create_runner(runtime, tiny_art / "int8-ort" / "model.onnx", **options) as r:
+                outs[runtime] = r.infer(_feed())["logits"]
+    with create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as r:
+        ref = r.infer(_feed())["logits"]
+    for out in outs.values():
+        assert np.argmax(out) == np.argmax(ref) or np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_unknown_runtime_and_provider(tiny_art):  # noqa: F811
+    with pytest.raises(BadInput, match="runtime 'tflite' is not one of"):
+        create_runner("tflite", tiny_art / "fp32" / "model.onnx")
+    with pytest.raises(BadInput, match="provider 'npu'"):
+        create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", provider="npu")
+
+
+def test_missing_ort_provider_is_not_available(tiny_art):  # noqa: F811
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the TensorRT EP")
+    r = create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", provider="tensorrt")
+    with pytest.raises(NotAvailable, match="TensorrtExecutionProvider"):
+        r.activate()
+    assert "TensorrtExecutionProvider" in probe_runtime("onnxruntime", {"provider": "tensorrt"})
+
+
+def _custom_op_model(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LinearScan", ["a", "b"], ["h", "h_last"], domain="edgeforge")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4, 2]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 2])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4, 2]),
+         helper.make_tensor_value_info("h_last", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("edgeforge", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_custom_op_library_registered_only_when_needed(tiny_art, tmp_path):  # noqa: F811
+    import onnxruntime as ort
+
+    from edgeforge.runtimes.onnxruntime import custom_domains, register_custom_ops
+
+    assert custom_domains(tiny_art / "fp32" / "model.onnx") == set()
+    assert register_custom_ops(ort.SessionOptions(), tiny_art / "fp32" / "model.onnx") is None
+    model = _custom_op_model(tmp_path / "scan.onnx")
+    assert custom_domains(model) == {"edgeforge"}
+    try:
+        lib = register_custom_ops(ort.SessionOptions(), model)
+    except NotAvailable as e:  # the library is not built here: the message says what to do
+        assert "custom ops" in str(e) and ("plugins build" in str(e) or "decompose" in str(e))
+    else:
+        assert lib  # edgeforge.ops.native found and registered the library
+
+
+def test_runtimes_targets_latency_import_and_run_without_torch(tiny_art, tmp_path):  # noqa: F811
+    """A device has only its runtime: these modules import, and a whole bench runs, with torch blocked."""
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        import shutil
+        import edgeforge.runtimes, edgeforge.runtimes.base, edgeforge.runtimes.onnxruntime
+        import edgeforge.runtimes.openvino, edgeforge.runtimes.tensorrt, edgeforge.runtimes.coreml
+        import edgeforge.runtimes.remote, edgeforge.targets, edgeforge.targets.constraints
+        import edgeforge.bench.latency, edgeforge.bench.memory, edgeforge.bench.inputs
+        import edgeforge.bench.accuracy, edgeforge.bench.run, edgeforge.report.io, edgeforge.report.compare
+        from edgeforge.bench.latency import Settings
+        from edgeforge.bench.run import bench_artifact
+        art = shutil.copytree({str(tiny_art)!r}, {str(tmp_path / "art")!r})
+        r = bench_artifact(art, "cpu-ort", "int8-ort", settings=Settings(warmup=2, warmup_time_s=0,
+                           iterations=20, block_size=5), threads=1).report
+        assert r.status == "measured" and r.latency.p50 > 0 and r.baseline is not None, r
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+# ------------------------------------------------------------------ remote agent (client side)
+class _AgentHandler(BaseHTTPRequestHandler):
+    """A minimal agent speaking the protocol of edgeforge.runtimes.remote, on 127.0.0.1, backed by
+    a real ONNX Runtime session (the real agent is `edgeforge agent serve`)."""
+
+    models: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body, ctype="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/info":
+            return self._send(200, {"edgeforge": "test", "device": "test-agent", "runtimes": {}})
+        self._send(404, {"error": "no such path"})
+
+    def do_POST(self):
+        import io
+        import tempfile
+
+        from edgeforge.bench import latency as lat
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/models":
+            spec = json.loads(self.headers["X-Edgeforge-Spec"])
+            if spec["runtime"] != "onnxruntime":
+                return self._send(400, {"error": f"runtime {spec['runtime']} not installed on this agent"})
+            f = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
+            f.write(body)
+            f.close()
+            r = create_runner("onnxruntime", f.name, **{**spec["options"], "threads": 1})
+            r.activate()
+            mid = str(len(self.models))
+            self.models[mid] = r
+            return self._send(200, {"model_id": mid, "inputs": [s.to_dict() for s in r.input_specs()],
+                                    "outputs": r.output_names(), "load_ms": r.load_time_s * 1e3,
+                                    "runtime": vars(r.info())})
+        mid, action = self.path.split("/")[3:5]
+        r = self.models[mid]
+        if action == "infer":
+            with np.load(io.BytesIO(body)) as z:
+                out = r.infer({k: z[k] for k in z.files})
+            buf = io.BytesIO()
+            np.savez(buf, **out)
+            return self._send(200, buf.getvalue(), "application/octet-stream")
+        s = json.loads(body)
+        feed = {sp.name: np.zeros(sp.concrete_shape(), sp.dtype) for sp in r.input_specs()}
+        settings = lat.Settings(warmup=s["warmup"], warmup_time_s=0, iterations=s["iterations"], block_size=5)
+        samples = lat.measure({"m": r}, {"m": feed}, settings)["m"]
+        self._send(200, {"samples_ms": samples.times_ms, "first_inference_ms": None, "peak_rss_delta_mb": None})
+
+    def do_DELETE(self):
+        mid = self.path.split("/")[3]
+        self.models.pop(mid).deactivate()
+        self._send(200, {"deleted": mid})
+
+
+@pytest.fixture
+def agent_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AgentHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_runner_over_http(tiny_art, agent_url):  # noqa: F811
+    from edgeforge.runtimes.remote import RemoteRunner, probe
+
+    assert probe(agent_url)["device"] == "test-agent"
+    with RemoteRunner(agent_url, tiny_art / "fp32" / "model.onnx", runtime="onnxruntime",
+                      options={"provider": "cpu"}) as r, \
+            create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as local:
+        assert r.output_names() == ["logits"]
+        np.testing.assert_allclose(r.infer(_feed())["logits"], local.infer(_feed())["logits"], rtol=1e-5)
+        res = r.device_latency(_feed(), warmup=2, iterations=10, min_time_s=0)
+        assert len(res["samples_ms"]) >= 10
+        assert r.device_load_time_s is not None and r.info().options["agent"] == agent_url
+    with pytest.raises(BadInput, match="model_path|no such"):
+        RemoteRunner(agent_url, tiny_art / "nope.onnx", runtime="onnxruntime").activate()
+
+
+def test_remote_runner_unreachable_and_agent_errors(tiny_art, agent_url):  # noqa: F811
+    import socket
+
+    from edgeforge.runtimes.remote import AgentError, RemoteRunner
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    with pytest.raises(NotAvailable, match="unreachable"):
+        RemoteRunner(f"http://127.0.0.1:{port}", tiny_art / "fp32" / "model.onnx", runtime="onnxruntime").activate()
+    with pytest.raises(AgentError, match="not installed on this agent"):
+        RemoteRunner(agent_url, tiny_art / "fp32" / "model.onnx", runtime="tensorrt").activate()
+
+
+# ------------------------------------------------------------------ TensorRT (GPU) and CoreML
+@pytest.mark.gpu
+def test_tensorrt_engine_fp16_and_int8_match_ort(tiny_art, tmp_path):  # noqa: F811
+    if (why := probe_runtime("tensorrt")) is not None:
+        pytest.skip(f"TensorRT path not runnable here: {why}")
+    from edgeforge.runtimes.tensorrt import TensorRTRunner
+
+    with create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as ref:
+        expected = ref.infer(_feed())["logits"]
+    for precision, model, tol in (("fp16", "fp32", 1e-2), ("int8", "int8-ortsym", 1e-1)):
+        runner = TensorRTRunner(tiny_art / model / "model.onnx", precision=precision, cache_dir=tmp_path / "cache")
+        with runner as r:
+            out = r.infer(_feed())["logits"]
+            assert np.abs(out - expected).max() <= tol * max(np.abs(expected).max(), 1.0)
+        assert not runner.engine_from_cache
+        with TensorRTRunner(tiny_art / model / "model.onnx", precision=precision, cache_dir=tmp_path / "cache") as r2:
+            assert r2.engine_from_cache  # same ONNX, precision, GPU and TensorRT: reused
+    assert (tmp_path / "cache" / "timing.cache").is_file()
+
+
+def _coremltools_or_skip():
+    try:
+        import coremltools  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"coremltools is not installed: {e}")
+
+
+@pytest.mark.slow
+def test_coreml_conversion_fp32_and_int8_weights(tmp_path):
+    _coremltools_or_skip()
+    import torch
+
+    from edgeforge.runtimes.coreml import convert_torch, save_mlpackage
+    from test_bench_support import _model
+
+    model = _model()
+    x = {"input": torch.randn(1, *SHAPE)}
+    fp32 = convert_torch(model, x, "fp32", output_names=["logits"])
+    spec = fp32.get_spec()
+    assert [i.name for i in spec.description.input] == ["input"]
+    assert [o.name for o in spec.description.output] == ["logits"]
+    # coremltools leaves weights under 2048 elements in float: give this model one that is larger.
+    big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 64)).eval()
+    int8 = convert_torch(big, x, "int8-weights", output_names=["logits"])
+    ops = {op.op_type for f in int8._mil_program.functions.values() for op in f.operations}
+    assert ops & {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"}, ops
+    path = save_mlpackage(int8, tmp_path / "m.mlpackage")
+    assert (path / "Manifest.json").is_file()
+    if platform.system() != "Darwin":
+        with pytest.raises(NotAvailable, match="macOS"):
+            convert_torch(model, x, "w8a8", calibration=lambda: [{"input": x["input"].numpy()}])
+
+
+@pytest.mark.macos
+def test_coreml_predict_matches_torch(tmp_path):
+    if platform.system() != "Darwin":
+        pytest.skip("CoreML prediction needs macOS")
+    _coremltools_or_skip()
+    import torch
+
+    from edgeforge.runtimes.coreml import CoreMLRunner, convert_torch, save_mlpackage
+    from test_bench_support import _model
+
+    model = _model()
+    x = torch.randn(1, *SHAPE)
+    path = save_mlpackage(convert_torch(model, {"input": x}, "fp32", output_names=["logits"]), tmp_path / "m.mlpackage")
+    with CoreMLRunner(path, compute_units="CPU_ONLY") as r:
+        out = r.infer({"input": x.numpy()})["logits"]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-3, atol=1e-3)
