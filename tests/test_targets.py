@@ -1,0 +1,100 @@
+"""Target profiles: every required profile loads with sourced figures; reachability says why not;
+INT8 models are checked against a target's quantization constraints."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeforge import targets
+from edgeforge.errors import BadInput
+from edgeforge.targets.constraints import summarize_qdq, violations
+from test_bench_support import tiny_art  # noqa: F401  (fixture)
+
+REQUIRED = {"cpu-ort", "cpu-openvino", "jetson-orin-nano", "jetson-agx-orin", "gpu-tensorrt", "apple-ane", "rpi5-ort"}
+
+
+def test_required_profiles_load_with_sourced_peaks():
+    loaded = {t.name: t for t in targets.all_targets()}
+    assert REQUIRED <= set(loaded)
+    for t in loaded.values():
+        assert t.precisions and t.runtime and t.description
+        assert t.quantization.quantizers, t.name
+        peak = t.peak_figures()
+        assert peak.source, t.name
+        if t.peak.estimate is None:
+            assert peak.fp32_gflops or peak.fp16_gflops, t.name
+            assert peak.memory_bandwidth_gbs, t.name
+        if t.reach.kind == "agent":
+            assert t.reach.url_env, t.name
+    assert targets.DEFAULT_TARGET == "cpu-ort" and loaded["cpu-ort"].reach.kind == "local"
+    assert loaded["gpu-tensorrt"].quantization.symmetric_only
+    assert loaded["jetson-orin-nano"].quantization.activation_dtype == "int8"
+
+
+def test_runtime_options_per_precision():
+    t = targets.load("jetson-orin-nano")
+    assert t.runtime_options("int8-qhyvit")["precision"] == "int8"
+    assert t.runtime_options("fp16")["precision"] == "fp16"
+    assert targets.load("cpu-openvino").runtime_options("int8-minmax")["precision_hint"] == "f32"
+    with pytest.raises(BadInput, match="offers precisions"):
+        targets.load("cpu-ort").runtime_options("fp16")
+    with pytest.raises(BadInput, match="int8-<method>"):
+        targets.precision_family("int4")
+
+
+def test_bad_profiles_name_the_field(tmp_path):
+    with pytest.raises(BadInput, match="unknown target 'nope'; known targets: .*cpu-ort"):
+        targets.load("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: x\nruntime: tflite\nprecisions: [fp32]\n")
+    with pytest.raises(BadInput, match=r"bad.yaml: runtime: "):
+        targets.load(bad)
+    unsourced = tmp_path / "unsourced.yaml"
+    unsourced.write_text("description: x\nruntime: onnxruntime\nprecisions: [fp32]\npeak: {fp32_gflops: 10}\n")
+    with pytest.raises(BadInput, match="source"):
+        targets.load(unsourced)
+
+
+def test_reachability_says_why(monkeypatch):
+    ok, how = targets.reachability(targets.load("cpu-ort"))
+    assert ok and how == "local"
+    monkeypatch.delenv("EDGEFORGE_AGENT_JETSON_ORIN_NANO", raising=False)
+    ok, why = targets.reachability(targets.load("jetson-orin-nano"))
+    assert not ok and "EDGEFORGE_AGENT_JETSON_ORIN_NANO" in why and "--device" in why
+    ok, why = targets.reachability(targets.load("jetson-orin-nano"), device_url="http://127.0.0.1:9")
+    assert not ok and "unreachable" in why
+    ok, why = targets.reachability(targets.load("gpu-tensorrt"))
+    if not ok:
+        assert "TensorRT" in why or "CUDA" in why
+
+
+def test_host_peak_estimate_is_labelled():
+    from edgeforge.targets.host import host_peak
+
+    p = host_peak()
+    assert p.estimate == "host" and "estimate" in p.source or "not estimated" in p.source
+    if p.fp32_gflops:
+        assert p.int8_gops >= p.fp32_gflops
+
+
+def test_qdq_constraints(tiny_art):  # noqa: F811
+    trt = targets.load("gpu-tensorrt").quantization
+    ort = targets.load("cpu-ort").quantization
+    asym = summarize_qdq(tiny_art / "int8-ort" / "model.onnx")
+    assert asym.weights and asym.weights_per_channel == asym.weights
+    assert asym.activation_dtypes == ["uint8"] and asym.asymmetric_tensors
+    problems = violations(asym, trt)
+    assert any("symmetric-only" in p for p in problems) and any("int8 activations" in p for p in problems)
+    assert violations(asym, ort) == []
+    sym = summarize_qdq(tiny_art / "int8-ortsym" / "model.onnx")
+    assert sym.activation_dtypes == ["int8"] and not sym.asymmetric_tensors
+    assert violations(sym, trt) == []
+    fp32 = summarize_qdq(tiny_art / "fp32" / "model.onnx")
+    assert "not an INT8 QDQ model" in violations(fp32, ort)[0]
+
+
+def test_targets_cli(run_cli):
+    code, out, _ = run_cli("targets")
+    assert code == 0
+    for name in REQUIRED:
+        assert name in out
