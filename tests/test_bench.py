@@ -1,0 +1,237 @@
+"""Latency measurement, memory, inputs, accuracy, compile and the `bench` command, on real
+ONNX Runtime / OpenVINO sessions. No test asserts a timing (design.md): only structure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeforge.bench import latency as lat
+from edgeforge.bench.accuracy import evaluate, load_eval_set, sqnr_db, topk
+from edgeforge.bench.inputs import make_feed, recipe_input, specs_from_manifest
+from edgeforge.bench.memory import PeakMemory, rss_mb
+from edgeforge.errors import BadInput
+from edgeforge.runtimes import create_runner
+from edgeforge.runtimes.base import TensorSpec
+from test_bench_support import CLASSES, MEAN, SHAPE, STD, tiny_art, tiny_art_rw  # noqa: F401  (fixtures)
+
+FAST = lat.Settings(warmup=2, warmup_time_s=0.0, iterations=20, block_size=5)
+
+
+def test_measure_alternates_blocks(tiny_art):  # noqa: F811
+    feed = {"input": np.zeros((1, *SHAPE), np.float32)}
+    order = []
+
+    with create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as a, \
+            create_runner("onnxruntime", tiny_art / "int8-ort" / "model.onnx", threads=1) as b:
+        for name, r in (("a", a), ("b", b)):
+            real = r._infer
+
+            def spy(f, _real=real, _name=name):
+                order.append(_name)
+                return _real(f)
+
+            r._infer = spy
+        samples = lat.measure({"a": a, "b": b}, {"a": feed, "b": feed}, FAST)
+    timed = order[2 * FAST.warmup:]
+    runs = [timed[i] for i in range(0, len(timed), FAST.block_size)]
+    # Blocks of `block_size` calls, never call by call; order flips every round: a b b a a b ...
+    assert all(len(set(timed[i:i + FAST.block_size])) == 1 for i in range(0, len(timed), FAST.block_size))
+    assert runs[:4] == ["a", "b", "b", "a"]
+    assert len(samples["a"].blocks) == len(samples["b"].blocks) >= 4
+    assert samples["a"].interleaved_with == ["b"]
+
+
+def test_summary_statistics_and_robust_noise():
+    base = [1.0, 1.1, 0.9, 1.05, 0.95] * 8
+    blocks = [base[i:i + 5] for i in range(0, 40, 5)]
+    s = lat.Samples(times_ms=list(base), blocks=blocks)
+    out = lat.summarize(s, batch=2)
+    assert out["p50"] == pytest.approx(np.median(base))
+    assert out["min"] == 0.9 and out["max"] == 1.1 and out["iterations"] == 40 and out["blocks"] == 8
+    assert out["p50"] <= out["p90"] <= out["p95"] <= out["p99"] <= out["max"]
+    assert out["throughput_per_s"] == pytest.approx(2000 / out["p50"])
+    assert not out["noisy"]
+    # One very slow block (another process woke up) must not blow up the stated noise.
+    slow = [[5.0] * 5] + blocks[1:]
+    s2 = lat.Samples(times_ms=[x for b in slow for x in b], blocks=slow)
+    out2 = lat.summarize(s2)
+    assert out2["noise_pct"] < 20 and out2["noisy"]
+    assert "noisy run" in lat.noise_warning(out2)
+
+
+def test_peak_memory_sees_an_allocation():
+    assert rss_mb() > 0
+    with PeakMemory() as mem:
+        block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, touched
+        del block
+    assert mem.delta_mb is not None and mem.delta_mb > 40
+    assert "VmHWM" in mem.method
+
+
+def test_inputs_follow_the_recipe_spec(tiny_art):  # noqa: F811
+    from edgeforge.artifacts import Manifest
+
+    export = Manifest(tiny_art).step("export")
+    specs = specs_from_manifest(export)
+    spec = recipe_input(export)
+    assert specs == [TensorSpec("input", (1, *SHAPE), "float32")] and spec["mean"] == MEAN
+    feed = make_feed(specs + [TensorSpec("state", (None, 8), "float32")], spec, seed=1)
+    x = feed["input"]
+    pixels = x * np.asarray(STD, np.float32)[:, None, None] + np.asarray(MEAN, np.float32)[:, None, None]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert feed["state"].shape == (1, 8) and not feed["state"].any()
+    np.testing.assert_array_equal(make_feed(specs, spec, seed=1)["input"], x)
+
+
+def test_accuracy_metrics():
+    scores = np.array([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05]])
+    assert topk(scores, np.array([1, 1]), 1) == 50.0
+    assert topk(scores, np.array([1, 1]), 2) == 100.0
+    ref = np.array([1.0, 2.0, 3.0])
+    assert sqnr_db(ref, ref + 0.01) == pytest.approx(10 * np.log10(14 / 3e-4))
+
+
+def test_eval_sets_npz_uint8_and_image_folder(tmp_path):
+    from PIL import Image
+
+    spec = {"shape": SHAPE, "mean": MEAN, "std": STD, "layout": "NCHW", "name": "input"}
+    imgs = np.random.default_rng(0).integers(0, 255, (4, 20, 24, 3), dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", x=imgs, y=np.arange(4))
+    ev = load_eval_set(tmp_path / "u8.npz", spec)
+    assert ev.x.shape == (4, *SHAPE) and ev.x.dtype == np.float32 and list(ev.y) == [0, 1, 2, 3]
+    for c, cls in enumerate(("cat", "dog")):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(imgs[c * 2 + (i % 2)]).save(tmp_path / "folder" / cls / f"{i}.png")
+    ev = load_eval_set(tmp_path / "folder", spec)
+    assert ev.x.shape == (6, *SHAPE) and list(ev.y) == [0, 0, 0, 1, 1, 1]
+    assert len(load_eval_set(tmp_path / "folder", spec, limit=2).x) == 2
+    with pytest.raises(BadInput, match="image folder"):
+        load_eval_set(tmp_path / "missing.txt", spec)
+    np.savez(tmp_path / "noy.npz", z=imgs)
+    with pytest.raises(BadInput, match="needs an array `x`"):
+        load_eval_set(tmp_path / "noy.npz", spec)
+
+
+def test_evaluate_labels_and_agreement(tiny_art):  # noqa: F811
+    ev = load_eval_set(tiny_art / "eval.npz", {"shape": SHAPE})
+    feed = {"input": np.zeros((1, *SHAPE), np.float32)}
+    with create_runner("onnxruntime", tiny_art / "int8-ort" / "model.onnx", threads=1) as q, \
+            create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as f:
+        res_fp32 = evaluate(f, ev, feed, "input")
+        res = evaluate(q, ev, feed, "input", reference=f, reference_name="fp32")
+    # The labels are the FP32 predictions on the first half and shifted on the second.
+    assert res_fp32["top1"] == 50.0 and res_fp32["top5"] >= 50.0
+    assert res["labels"] and res["num_samples"] == 24 and res["reference"] == "fp32"
+    assert 0 <= res["agreement_top1"] <= 100 and res["sqnr_db"] > 10
+
+
+def _check_report(report, target, precision):
+    assert report.status == "measured"
+    L = report.latency
+    for field in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max", "cv", "throughput_per_s", "noise_pct",
+                  "cold_load_ms", "first_inference_ms"):
+        assert getattr(L, field) is not None, field
+    assert L.iterations == len(L.samples_ms) and L.block_medians_ms
+    assert report.memory.peak_delta_mb is not None and report.model.size_bytes > 0
+    assert report.runtime.versions and report.runtime.options
+    assert report.target.name == target and report.model.precision == precision
+    assert report.model.macs and report.efficiency.achieved_gops > 0
+    assert report.efficiency.source
+
+
+@pytest.mark.parametrize("target", ["cpu-ort", "cpu-openvino"])
+def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: F811
+    from edgeforge.bench.run import bench_artifact
+    from edgeforge.report.schema import load_report
+
+    fp32 = bench_artifact(tiny_art_rw, target, "fp32", eval_dataset=tiny_art_rw / "eval.npz", settings=FAST, threads=1)
+    _check_report(fp32.report, target, "fp32")
+    assert fp32.report.accuracy.top1 == 50.0 and fp32.report.baseline is None
+    int8 = bench_artifact(tiny_art_rw, target, "int8-ort", eval_dataset=tiny_art_rw / "eval.npz", settings=FAST,
+                          threads=1)
+    r = int8.report
+    _check_report(r, target, "int8-ort")
+    assert r.latency.interleaved_with == ["fp32"] and r.baseline.precision == "fp32" and r.baseline.speedup > 0
+    assert r.accuracy.agreement_top1 is not None and r.accuracy.sqnr_db is not None
+    assert r.model.quant["qdq"]["weights_per_channel"] > 0
+    for kind in ("json", "md", "html"):
+        assert int8.paths[kind] == tiny_art_rw / "reports" / f"{target}-int8-ort.{kind}"
+    assert load_report(int8.paths["json"]).latency.p50 == r.latency.p50
+    assert "<svg" in int8.paths["html"].read_text() and "p50" in int8.paths["md"].read_text()
+
+
+def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):  # noqa: F811
+    from edgeforge.bench.run import bench_artifact
+
+    monkeypatch.delenv("EDGEFORGE_AGENT_RPI5", raising=False)
+    res = bench_artifact(tiny_art_rw, "rpi5-ort", "fp32", settings=FAST)
+    r = res.report
+    assert r.status == "not_measured" and "EDGEFORGE_AGENT_RPI5" in r.reason
+    assert r.latency is None and r.accuracy is None and r.memory is None
+    data = json.loads(res.paths["json"].read_text())
+    assert data["latency"] is None and data["status"] == "not_measured"
+    assert "not measured" in res.paths["html"].read_text()
+
+
+def test_symmetric_only_target_refuses_asymmetric_int8(tiny_art_rw):  # noqa: F811
+    from edgeforge.bench.run import bench_artifact
+
+    with pytest.raises(BadInput, match="symmetric-only"):
+        bench_artifact(tiny_art_rw, "jetson-orin-nano", "int8-ort", settings=FAST)
+
+
+def test_bench_on_a_device_agent(tiny_art_rw):  # noqa: F811
+    """An agent target measured on the 'device' (a real HTTP agent on 127.0.0.1)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from edgeforge.bench.run import bench_artifact
+    from test_runtimes import _AgentHandler
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AgentHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        r = bench_artifact(tiny_art_rw, "rpi5-ort", "fp32", device_url=url, settings=FAST).report
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.status == "measured" and r.latency.measured_on == "device"
+    assert r.runtime.options["agent"] == url and r.efficiency.peak_figure == "fp32_gflops"
+
+
+def test_bench_and_compile_cli(tiny_art_rw, run_cli):  # noqa: F811
+    from edgeforge.artifacts import Manifest, sha256_file
+
+    code, out, err = run_cli("bench", tiny_art_rw, "--target", "cpu-ort", "--iterations", "10", "--min-time", "0",
+                             "--warmup", "1", "--block-size", "5", "--threads", "1")
+    assert code == 0, err
+    assert (tiny_art_rw / "reports" / "cpu-ort-fp32.json").is_file()
+    code, out, err = run_cli("compile", tiny_art_rw, "--target", "cpu-openvino")
+    assert code == 0, err
+    xml = tiny_art_rw / "cpu-openvino" / "fp32" / "model.xml"
+    step = Manifest(tiny_art_rw).step("compile/cpu-openvino/fp32")
+    assert xml.is_file() and step["files"]["cpu-openvino/fp32/model.xml"] == sha256_file(xml)
+    assert step["sha256"] and step["source_sha256"] == sha256_file(tiny_art_rw / "fp32" / "model.onnx")
+    code, out, err = run_cli("compile", tiny_art_rw, "--target", "cpu-openvino")
+    assert code == 0 and "up to date" in out
+    # bench now runs the compiled IR
+    code, out, err = run_cli("bench", tiny_art_rw, "--target", "cpu-openvino", "--iterations", "10", "--min-time",
+                             "0", "--warmup", "1", "--block-size", "5", "--threads", "1")
+    assert code == 0, err
+    rep = json.loads((tiny_art_rw / "reports" / "cpu-openvino-fp32.json").read_text())
+    assert rep["model"]["path"].endswith("model.xml")
+    # Nothing to compile / toolchain absent / bad precision: exit 2 with the reason.
+    code, out, err = run_cli("compile", tiny_art_rw, "--target", "cpu-ort")
+    assert code == 2 and "nothing to compile" in err
+    code, out, err = run_cli("compile", tiny_art_rw, "--target", "gpu-tensorrt")
+    if code != 0:
+        assert code == 2 and ("TensorRT" in err or "CUDA" in err)
+    code, out, err = run_cli("bench", tiny_art_rw, "--precision", "int8-nope")
+    assert code == 2 and "int8-nope" in err
+    code, out, err = run_cli("bench", tiny_art_rw / "missing")
+    assert code == 2 and "no such artifact" in err
