@@ -42,6 +42,10 @@ plugins-asan: plugins
 	plugins/build/ef_core_asan
 
 test: install plugins
+	@# Headless Chromium for the HTML report test (best effort: only as root, only if absent).
+	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	  apt-get install -y -q chromium >/dev/null 2>&1) || echo "chromium not installed: the browser test will skip"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

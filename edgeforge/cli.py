@@ -103,28 +103,117 @@ def quantize() -> None:
     _not_yet("quantize")
 
 
-@cli.command(name="compile", context_settings=_PASSTHROUGH)
-def compile_() -> None:
-    """Compile an artifact for a target (TensorRT engine, OpenVINO IR, CoreML package)."""
-    _not_yet("compile")
+@cli.command(name="compile")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--target", "target", required=True, help="Target name (see `edgeforge targets`).")
+@click.option("--precision", default="fp32", show_default=True,
+              help="fp32, fp16, int8-<method> (ART/int8-<method>/), or CoreML's int8-weights / w8a8.")
+@click.option("--force", is_flag=True, help="Compile even if the inputs have not changed.")
+def compile_(artifact, target, precision, force) -> None:
+    """Compile ARTIFACT for a target (TensorRT engine, OpenVINO IR, CoreML package).
+
+    Writes ARTIFACT/<target>/... and records its sha256 in the manifest. Exits 2 when the
+    target's toolchain is absent here.
+    """
+    from edgeforge.bench.compile import compile_artifact
+
+    r = compile_artifact(artifact, target, precision, force=force, argv=_command_line())
+    state = "up to date" if r.skipped else "compiled"
+    console.print(f"{state}: [bold]{r.path}[/] ({r.target}, {r.precision}, sha256 {r.sha256[:16]})")
 
 
-@cli.command(context_settings=_PASSTHROUGH)
-def bench() -> None:
-    """Measure latency (and accuracy with --eval) of an artifact on a target; write a report."""
-    _not_yet("bench")
+@cli.command()
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--target", default="cpu-ort", show_default=True, help="Target name (see `edgeforge targets`).")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 or int8-<method> (ART/int8-<method>/).")
+@click.option("--eval", "eval_dataset", type=click.Path(exists=True), default=None,
+              help="Accuracy set: .npz (x, optional y) or an image folder root/<class>/<image>.")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N samples.")
+@click.option("--device", "device_url", default=None, help="Agent URL for a device target (http://HOST:PORT).")
+@click.option("--iterations", type=click.IntRange(min=1), default=200, show_default=True, help="Timed calls (at least).")
+@click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Time the calls for at least this many seconds.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Warm-up calls.")
+@click.option("--block-size", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Calls per block; compared models alternate by block.")
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="Runtime threads (default: the target's).")
+@click.option("--no-baseline", is_flag=True, help="Do not measure FP32 alongside an INT8 model.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+def bench(artifact, target, precision, eval_dataset, eval_limit, device_url, iterations, min_time, warmup,
+          block_size, threads, no_baseline, seed) -> None:
+    """Measure latency (and accuracy with --eval) of ARTIFACT on a target; write a report.
+
+    Writes ARTIFACT/reports/<target>-<precision>.{json,md,html}. A target that cannot be
+    reached gets a "not measured" report with the reason.
+    """
+    from edgeforge.bench.latency import Settings
+    from edgeforge.bench.run import bench_artifact
+    from edgeforge.report.console import print_report
+
+    settings = Settings(warmup=warmup, iterations=iterations, min_time_s=min_time, block_size=block_size)
+    result = bench_artifact(artifact, target, precision, eval_dataset=eval_dataset, eval_limit=eval_limit,
+                            device_url=device_url, settings=settings, threads=threads, baseline=not no_baseline,
+                            seed=seed, argv=_command_line())
+    print_report(result.report, console)
+    for kind, path in result.paths.items():
+        console.print(f"{kind}: {path}")
 
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.group()
 def report() -> None:
     """Show, compare (CI budgets) and render reports to HTML."""
-    _not_yet("report")
 
 
-@cli.command(context_settings=_PASSTHROUGH)
-def targets() -> None:
-    """List device targets and whether each is reachable from here."""
-    _not_yet("targets")
+@report.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+def report_show(file) -> None:
+    """Print a report JSON (validated against the report schema)."""
+    from edgeforge.report.console import print_report
+    from edgeforge.report.schema import load_report
+
+    print_report(load_report(file), console)
+
+
+@report.command("compare")
+@click.argument("base", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--max-latency-regression", type=float, default=None, metavar="PCT",
+              help="Fail (exit 1) when NEW's p50 is more than PCT % slower than BASE's.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="PTS",
+              help="Fail (exit 1) when NEW's top-1 is more than PTS points below BASE's.")
+def report_compare(base, new, max_latency_regression, max_accuracy_drop) -> None:
+    """Compare two reports; exit 1 when a budget is broken."""
+    from edgeforge.errors import CheckFailed
+    from edgeforge.report.compare import compare
+    from edgeforge.report.console import print_comparison
+    from edgeforge.report.schema import load_report
+
+    b, n = load_report(base), load_report(new)
+    c = compare(b, n, max_latency_regression, max_accuracy_drop)
+    print_comparison(b, n, c, console)
+    if not c.ok:
+        raise CheckFailed("; ".join(c.failures))
+
+
+@report.command("html")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@click.option("--title", default=None, help="Page title.")
+def report_html(reports, out, title) -> None:
+    """Merge several report JSONs into one self-contained HTML page with plots."""
+    from edgeforge.report.io import merge_html
+
+    console.print(f"html: {merge_html(reports, out, title)}")
+
+
+@cli.command()
+@click.option("--device", "device_url", default=None, help="Probe agent targets at this URL.")
+def targets(device_url) -> None:
+    """List device targets and whether each is reachable from here (and why not)."""
+    from edgeforge import targets as tg
+    from edgeforge.report.console import print_targets
+
+    print_targets([(t, *tg.reachability(t, device_url)) for t in tg.all_targets()], console)
 
 
 @cli.command(context_settings=_PASSTHROUGH)
