@@ -39,14 +39,16 @@ EF_HD void ga_logits(const QT* EF_RESTRICT q, const KT* EF_RESTRICT kt, int64_t 
 // Adds the additive bias, the forget-gate decay c_i - c_j, and the causal mask to the logits of
 // row i against keys j0 .. j0 + kb. bias_row points at bias(b, h, i, 0) (or is null); c at the
 // cumulative log forget gates of this (b, h) (or is null).
+// c is kept in double: c_i and c_j grow without bound (about N * log f), and their fp32 rounding
+// error would land in c_i - c_j exactly where it matters, for nearby j with a small difference.
 template <typename BT>
 EF_HD void ga_add_bias(float* EF_RESTRICT s, int64_t kb, int64_t i, int64_t j0, const BT* bias_row,
-                       int64_t bias_j_stride, const float* c, int64_t key_limit) {
+                       int64_t bias_j_stride, const double* c, int64_t key_limit) {
     if (bias_row != nullptr)
         for (int64_t j = 0; j < kb; ++j) s[j] += to_float(bias_row[(j0 + j) * bias_j_stride]);
     if (c != nullptr) {
-        const float ci = c[i];
-        for (int64_t j = 0; j < kb; ++j) s[j] += ci - c[j0 + j];
+        const double ci = c[i];
+        for (int64_t j = 0; j < kb; ++j) s[j] += static_cast<float>(ci - c[j0 + j]);
     }
     for (int64_t j = key_limit > j0 ? key_limit - j0 : 0; j < kb; ++j) s[j] = kNegInf;
 }

@@ -76,13 +76,13 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
         std::vector<float> kt(static_cast<size_t>(x.D * keys));
         for (int64_t j = 0; j < keys; ++j)
             for (int64_t d = 0; d < x.D; ++d) kt[d * keys + j] = k[j * x.D + d];
-        std::vector<float> c;
+        std::vector<double> c;
         if (x.log_f != nullptr) {
-            // Cumulative log forget gates in double, stored as float: only c_i - c_j is used.
+            // Cumulative log forget gates; only differences c_i - c_j enter the softmax.
             c.resize(static_cast<size_t>(x.N));
             const float* lf = x.log_f + bh * x.N;
             double run = 0.0;
-            for (int64_t j = 0; j < x.N; ++j) c[j] = static_cast<float>(run += lf[j]);
+            for (int64_t j = 0; j < x.N; ++j) c[j] = (run += lf[j]);
         }
         const int64_t rows = r1 - r0;
         std::vector<float> acc(static_cast<size_t>(rows * x.Dv), 0.0f), m(rows, kNegInf), l(rows, 0.0f), sc(kKeys);

@@ -13,17 +13,17 @@ namespace {
 constexpr int kRows = 64;
 constexpr int kKeys = 32;
 
-// c = cumsum(log_f) per (b, h), accumulated in double, one thread per (b, h).
+// c = cumsum(log_f) per (b, h) in double (see ga_add_bias), one thread per (b, h).
 template <typename T>
-__global__ void cumsum_kernel(const T* log_f, float* c, int64_t BH, int64_t N) {
+__global__ void cumsum_kernel(const T* log_f, double* c, int64_t BH, int64_t N) {
     const int64_t bh = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (bh >= BH) return;
     double run = 0.0;
-    for (int64_t j = 0; j < N; ++j) c[bh * N + j] = static_cast<float>(run += to_float(log_f[bh * N + j]));
+    for (int64_t j = 0; j < N; ++j) c[bh * N + j] = (run += to_float(log_f[bh * N + j]));
 }
 
 template <typename T>
-__global__ void attention_kernel(const T* q, const T* k, const T* v, const T* bias, const float* c, T* o, float* acc_ws,
+__global__ void attention_kernel(const T* q, const T* k, const T* v, const T* bias, const double* c, T* o, float* acc_ws,
                                  GatedAttentionShape s) {
     extern __shared__ float smem[];
     float* kt = smem;                // [D][kKeys]
@@ -66,10 +66,10 @@ __global__ void attention_kernel(const T* q, const T* k, const T* v, const T* bi
 template <typename T>
 int launch(const void* q, const void* k, const void* v, const void* bias, const void* log_f, void* o,
            const GatedAttentionShape& s, void* workspace, cudaStream_t stream) {
-    float* acc = static_cast<float*>(workspace);
-    float* c = nullptr;
+    // Workspace: doubles first (c, 8-byte aligned), then the float accumulators.
+    double* c = log_f != nullptr ? static_cast<double*>(workspace) : nullptr;
+    float* acc = reinterpret_cast<float*>(static_cast<double*>(workspace) + s.B * s.H * s.N);
     if (log_f != nullptr) {
-        c = acc + s.B * s.H * s.N * s.Dv;
         const int64_t bh = s.B * s.H;
         cumsum_kernel<T><<<static_cast<unsigned>((bh + 127) / 128), 128, 0, stream>>>(static_cast<const T*>(log_f), c, bh, s.N);
     }
@@ -84,7 +84,7 @@ int launch(const void* q, const void* k, const void* v, const void* bias, const 
 }  // namespace
 
 size_t gated_attention_workspace(int64_t B, int64_t H, int64_t N, int64_t Dv) {
-    return static_cast<size_t>(B * H * N * (Dv + 1)) * sizeof(float);
+    return static_cast<size_t>(B * H * N) * (sizeof(double) + static_cast<size_t>(Dv) * sizeof(float));
 }
 
 int gated_attention(bool half_precision, const void* q, const void* k, const void* v, const void* bias,

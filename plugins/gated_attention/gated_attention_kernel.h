@@ -9,7 +9,7 @@ namespace cuda {
 
 constexpr int64_t kMaxHeadDim = 128;  // D and Dv bound: key/value tiles live in shared memory
 
-// Bytes of scratch the launch needs: float accumulators (B*H*N*Dv) and cumulative gates (B*H*N).
+// Bytes of scratch the launch needs: cumulative gates (B*H*N doubles) and accumulators (B*H*N*Dv floats).
 size_t gated_attention_workspace(int64_t B, int64_t H, int64_t N, int64_t Dv);
 
 // bias (null or broadcast through bias_strides over (B, H, N, M)); log_f null or (B, H, N).
