@@ -185,10 +185,10 @@ class TensorRTRunner(Runner):
         if self.model_path.suffix == ".onnx":
             self.engine_path, self.engine_from_cache = build_engine(
                 self.model_path, self.precision, self.cache_dir, self.plugin_library, self.workspace_mb, self.batch)
-            plugin = Path(self.plugin_library) if self.plugin_library else plugin_library_path()
         else:
             self.engine_path = self.model_path
-            plugin = Path(self.plugin_library) if self.plugin_library else plugin_library_path()
+        # The plugin library must be loaded before deserializing an engine that uses its plugins.
+        plugin = Path(self.plugin_library) if self.plugin_library else plugin_library_path()
         logger = _Logger.get(trt)
         _load_plugins(trt, plugin)
         runtime = trt.Runtime(logger)
