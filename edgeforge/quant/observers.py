@@ -1,0 +1,191 @@
+"""Observers: watch a tensor over the calibration set and choose its quantization range.
+
+- `minmax`: the observed min and max.
+- `percentile`: the p-th and (100-p)-th percentiles (p = 99.99 by default) of a histogram.
+- `mse` (OMSE): the clipping range minimising expected quantization MSE (clipping error of the
+  tails + rounding noise step^2/12 inside), searched over shrink factors of the min/max range.
+- `entropy` (KL): TensorRT's threshold search minimising KL(P || Q) between the |x| histogram
+  and its quantized version.
+Activation observers stream: they keep a histogram whose range grows as batches arrive, so
+calibration memory does not grow with the number of samples. Weight ranges are computed on the
+whole weight tensor (`weight_range`), per output channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeforge.quant.quantizers import QParams, params_from_range, qrange
+
+METHODS = ("minmax", "percentile", "mse", "entropy")
+NBINS = 2048
+
+
+class Observer:
+    """Streaming per-tensor observer: running min/max plus a growable histogram."""
+
+    def __init__(self, method: str = "minmax", percentile: float = 99.99, nbins: int = NBINS):
+        if method not in METHODS:
+            raise ValueError(f"unknown observer {method!r}; accepted: {', '.join(METHODS)}")
+        self.method = method
+        self.percentile = percentile
+        self.nbins = nbins
+        self.min = np.inf
+        self.max = -np.inf
+        self.hist: np.ndarray | None = None
+        self.lo = 0.0
+        self.hi = 0.0
+        self.count = 0
+
+    @property
+    def needs_hist(self) -> bool:
+        return self.method != "minmax"
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32).ravel()
+        if x.size == 0:
+            return
+        finite = x[np.isfinite(x)] if not np.isfinite(x).all() else x
+        mn, mx = float(finite.min()), float(finite.max())
+        self.min, self.max = min(self.min, mn), max(self.max, mx)
+        self.count += x.size
+        if not self.needs_hist:
+            return
+        if self.hist is None:
+            self.lo, self.hi = min(mn, 0.0), max(mx, 0.0)
+            if self.hi - self.lo <= 0:
+                self.hi = self.lo + 1e-6
+            self.hist = np.zeros(self.nbins, np.float64)
+        elif mn < self.lo or mx > self.hi:
+            self._grow(min(mn, self.lo), max(mx, self.hi))
+        h, _ = np.histogram(finite, bins=self.nbins, range=(self.lo, self.hi))
+        self.hist += h
+
+    def _grow(self, lo: float, hi: float) -> None:
+        """Widen the histogram to [lo, hi], moving old counts to the new bins at their centres."""
+        # grow by at least 25% so repeated small overflows do not rebin on every batch
+        span = self.hi - self.lo
+        lo = min(lo, self.lo - 0.25 * span) if lo < self.lo else self.lo
+        hi = max(hi, self.hi + 0.25 * span) if hi > self.hi else self.hi
+        centers = self.lo + (np.arange(self.nbins) + 0.5) * (span / self.nbins)
+        new, _ = np.histogram(centers, bins=self.nbins, range=(lo, hi), weights=self.hist)
+        self.hist, self.lo, self.hi = new, lo, hi
+
+    # ------------------------------------------------------------------ range selection
+    def range(self, bits: int = 8, symmetric: bool = False, signed: bool = False) -> tuple[float, float]:
+        if self.count == 0:
+            return 0.0, 0.0
+        if self.method == "minmax":
+            return self.min, self.max
+        if self.method == "percentile":
+            return self._percentile_range()
+        if self.method == "mse":
+            return self._mse_range(bits, symmetric, signed)
+        return self._entropy_range(bits, symmetric)
+
+    def params(self, bits: int, symmetric: bool, signed: bool) -> QParams:
+        lo, hi = self.range(bits, symmetric, signed)
+        return params_from_range(lo, hi, bits, symmetric, signed, None, self.method)
+
+    def _centers(self) -> np.ndarray:
+        w = (self.hi - self.lo) / self.nbins
+        return self.lo + (np.arange(self.nbins) + 0.5) * w
+
+    def _percentile_range(self) -> tuple[float, float]:
+        cdf = np.cumsum(self.hist) / max(self.hist.sum(), 1)
+        edges = np.linspace(self.lo, self.hi, self.nbins + 1)
+        q_hi = self.percentile / 100.0
+        q_lo = 1.0 - q_hi
+        i_hi = min(int(np.searchsorted(cdf, q_hi)), self.nbins - 1)
+        i_lo = min(int(np.searchsorted(cdf, q_lo)), self.nbins - 1)
+        lo = edges[i_lo] if self.min < 0 else self.min
+        return float(max(lo, self.min)), float(min(edges[i_hi + 1], self.max))
+
+    def _mse_range(self, bits: int, symmetric: bool, signed: bool) -> tuple[float, float]:
+        c = self._centers()
+        h = self.hist
+        best, best_err = (self.min, self.max), np.inf
+        qmin, qmax = qrange(bits, signed, symmetric)
+        for a in np.linspace(0.2, 1.0, 81):
+            lo, hi = min(self.min, 0.0) * a, max(self.max, 0.0) * a
+            if symmetric:
+                m = max(-lo, hi)
+                lo, hi = (-m if self.min < 0 else 0.0), m
+            step = max((hi - lo) / (qmax - qmin), 1e-12)
+            clipped = np.clip(c, lo, hi)
+            err = float(np.sum(h * (c - clipped) ** 2) + np.sum(h[(c >= lo) & (c <= hi)]) * step * step / 12)
+            if err < best_err:
+                best, best_err = (lo, hi), err
+        return float(best[0]), float(best[1])
+
+    def _entropy_range(self, bits: int, symmetric: bool) -> tuple[float, float]:
+        # histogram of |x| from the signed histogram
+        amax = max(abs(self.lo), abs(self.hi))
+        nb = self.nbins
+        ah, _ = np.histogram(np.abs(self._centers()), bins=nb, range=(0, amax), weights=self.hist)
+        levels = 2 ** (bits - 1) if (symmetric or self.min < 0) else 2 ** bits
+        t = kl_threshold(ah, amax, levels)
+        return float(max(self.min, -t)), float(min(self.max, t))
+
+
+def kl_threshold(hist: np.ndarray, amax: float, levels: int = 128) -> float:
+    """TensorRT-style KL calibration: the |x| threshold whose `levels`-level quantization of the
+    histogram loses the least information (min KL(P || Q))."""
+    nb = len(hist)
+    total = hist.sum()
+    if total == 0 or amax <= 0:
+        return float(amax)
+    best_i, best_kl = nb, np.inf
+    start = max(levels, 16)
+    for i in range(start, nb + 1, max(1, (nb - start) // 128)):
+        p = hist[:i].astype(np.float64).copy()
+        p[-1] += hist[i:].sum()
+        nz = p > 0
+        # merge the i bins into `levels` groups, then expand back over the non-empty bins
+        groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
+        gsum = np.bincount(groups, weights=hist[:i], minlength=levels)
+        gcnt = np.bincount(groups, weights=(hist[:i] > 0).astype(np.float64), minlength=levels)
+        q = np.where(nz, gsum[groups] / np.maximum(gcnt[groups], 1), 0.0)
+        ps, qs = p.sum(), q.sum()
+        if qs == 0:
+            continue
+        pn, qn = p / ps, q / qs
+        m = nz & (qn > 0)
+        kl = float(np.sum(pn[m] * np.log(pn[m] / qn[m]))) + (1e9 if np.any(nz & (qn == 0)) else 0.0)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return float(best_i / nb * amax)
+
+
+# ----------------------------------------------------------------------------- weights
+def weight_params(w: np.ndarray, bits: int, method: str = "minmax", axis: int | None = 0,
+                  symmetric: bool = True, signed: bool = True) -> QParams:
+    """Per-channel (axis) or per-tensor (axis=None) weight quantizer.
+
+    `minmax` uses the channel's absolute max; `mse` searches each channel's clipping ratio
+    (vectorised over channels) minimising the actual rounding + clipping L2 error.
+    """
+    w = np.asarray(w, np.float32)
+    if axis is None:
+        flat = w.reshape(1, -1)
+    else:
+        flat = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    if method == "mse":
+        qmin, qmax = qrange(bits, signed, symmetric)
+        best_err = np.full(len(flat), np.inf)
+        best_lo, best_hi = lo.copy(), hi.copy()
+        for a in np.linspace(0.3, 1.0, 36):
+            qp = params_from_range(lo * a, hi * a, bits, symmetric, signed, 0)
+            s = qp.scale[:, None].astype(np.float32)
+            z = qp.zero_point[:, None]
+            deq = (np.clip(np.rint(flat / s) + z, qmin, qmax) - z) * s
+            err = ((deq - flat) ** 2).sum(axis=1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_lo = np.where(better, lo * a, best_lo)
+            best_hi = np.where(better, hi * a, best_hi)
+        lo, hi = best_lo, best_hi
+    if axis is None:
+        lo, hi = lo[0], hi[0]
+    return params_from_range(lo, hi, bits, symmetric, signed, axis, "mse" if method == "mse" else "minmax")

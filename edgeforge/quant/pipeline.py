@@ -1,0 +1,178 @@
+"""`edgeforge quantize ARTIFACT`: FP32 ONNX + calibration set -> ARTIFACT/int8-<method>/.
+
+Writes `model.onnx` (QDQ) and `quant.json` (every quantizer, the scheme, the calibration set's
+hash, the error analysis, accuracy and agreement on the eval split), records the step in
+`manifest.json`, and skips the work when nothing it depends on changed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeforge.artifacts import Manifest, atomic_path, sha256_file, sha256_json, write_json_atomic
+from edgeforge.errors import BadInput
+from edgeforge.quant.scheme import BITS, resolve
+
+METHODS = ("minmax", "percentile", "mse", "entropy", "ort")
+QUANT_VERSION = 1  # bump when the placement/calibration changes what a run produces
+
+
+@dataclass
+class QuantResult:
+    out_dir: Path
+    onnx_path: Path
+    quant_json: Path
+    entry: dict
+    report: dict = field(default_factory=dict)
+    skipped: bool = False
+
+
+def step_name(method: str, bits: str) -> str:
+    return f"int8-{method}" + ("" if bits == "w8a8" else f"-{bits}")
+
+
+def _input_spec(entry: dict):
+    from edgeforge.recipes import InputSpec
+
+    rec = entry.get("resolved_recipe") or entry.get("recipe")
+    if not isinstance(rec, dict) or "input" not in rec:
+        raise BadInput("manifest.json: the export step has no resolved recipe input spec; export again")
+    return InputSpec(**rec["input"]), rec
+
+
+def eval_split(calib, pre, count: int = 64):
+    """The held-out data for accuracy/agreement: digits' eval split, or the same source drawn
+    with a different seed (natural crops, clips, a user folder)."""
+    from edgeforge.data.calib import CalibDef, Source, load_definition, materialize
+
+    d = load_definition(calib)
+    if d.source.kind == "digits":
+        ev = CalibDef(name="digits-eval", source=Source(kind="digits", split="eval"), count=500, seed=0)
+    else:
+        ev = d.model_copy(update={"name": f"{d.name}-eval", "seed": d.seed + 1000, "count": count})
+        ev.base_dir = d.base_dir
+    return materialize(ev, pre)
+
+
+def top1(logits: np.ndarray) -> np.ndarray:
+    return logits.reshape(len(logits), -1).argmax(-1)
+
+
+def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev) -> dict:
+    """FP32 vs INT8 (both in ONNX Runtime, full optimisation) on the eval split."""
+    from edgeforge.quant.calibrate import run_outputs
+    from edgeforge.quant.quantizers import cosine, sqnr_db
+
+    m32 = onnx.load(fp32) if isinstance(fp32, str) else fp32
+    out = m32.graph.output[0].name
+    a = run_outputs(m32, ev.x, [out], optimize="all")[out]
+    qm = onnx.load(qmodel) if isinstance(qmodel, str) else qmodel
+    b = run_outputs(qm, ev.x, [qm.graph.output[0].name], optimize="all")[qm.graph.output[0].name]
+    pa, pb = top1(a), top1(b)
+    res = {"eval_set": ev.definition.name, "eval_count": int(len(ev.x)), "eval_hash": ev.hash,
+           "agreement_fp32_int8": round(float((pa == pb).mean()), 4),
+           "output_cosine": round(cosine(a, b), 6), "output_sqnr_db": round(sqnr_db(a, b), 2)}
+    if ev.labels is not None:
+        res["fp32_top1"] = round(float((pa == ev.labels).mean()), 4)
+        res["int8_top1"] = round(float((pb == ev.labels).mean()), 4)
+        res["drop"] = round(res["fp32_top1"] - res["int8_top1"], 4)
+    return res
+
+
+def quantize_artifact(artifact: str | Path, calib: str | None = None, method: str | None = None,
+                      bits: str | None = None, target: str | None = None, num_samples: int | None = None,
+                      keep_fp: list[str] = (), norm_inputs: bool = False, act_scheme: str = "auto",
+                      analyze: bool = True, force: bool = False, argv: list[str] | None = None,
+                      console=None, show_progress: bool = True) -> QuantResult:
+    """Quantize ARTIFACT/fp32/model.onnx; see the module docstring."""
+    from edgeforge.data.calib import load_calib
+
+    art = Path(artifact)
+    manifest = Manifest(art)
+    exp = manifest.step("export")
+    fp32 = art / "fp32" / "model.onnx"
+    if exp is None or not fp32.is_file():
+        raise BadInput(f"{art}: no exported model ({fp32} / manifest export step missing); "
+                       f"run `edgeforge export RECIPE --out {art}` first")
+    spec, rec = _input_spec(exp)
+    qdef = rec.get("quant", {}) if isinstance(rec, dict) else {}
+    method = method or qdef.get("method", "minmax")
+    if method not in METHODS:
+        raise BadInput(f"--method {method!r}: accepted {', '.join(METHODS)}")
+    bits = bits or qdef.get("bits", "w8a8")
+    if bits not in BITS:
+        raise BadInput(f"--bits {bits!r}: accepted {', '.join(BITS)}")
+    calib = calib or qdef.get("calib", "natural")
+    num_samples = num_samples or qdef.get("num_samples", 32)
+    scheme = resolve(bits, target, method, act_scheme)
+    t0 = time.perf_counter()
+    data = load_calib(calib, spec, num_samples)
+    t_data = time.perf_counter() - t0
+    name = step_name(method, bits)
+    out_dir = art / name
+    onnx_path, qjson = out_dir / "model.onnx", out_dir / "quant.json"
+    settings = {"method": method, "bits": bits, "scheme": scheme.to_json(), "calib_hash": data.hash,
+                "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
+                "analyze": analyze, "version": QUANT_VERSION}
+    import onnxruntime
+
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    inputs_hash = sha256_json({"settings": settings, "versions": versions})
+    if not force and manifest.is_up_to_date(name, inputs_hash):
+        return QuantResult(out_dir, onnx_path, qjson, manifest.step(name), skipped=True)
+
+    model = onnx.load(str(fp32))
+    report: dict = {"method": method, "bits": bits, "scheme": scheme.to_json(),
+                    "calibration": data.summary(), "keep_fp": list(keep_fp)}
+    if method == "ort":
+        from edgeforge.quant.ort_baseline import ort_quantize, qdq_params
+
+        t1 = time.perf_counter()
+        qmodel, ort_settings = ort_quantize(fp32, data.x, scheme, "minmax", keep_fp)
+        report["ort_settings"] = ort_settings
+        report["quantizers"] = qdq_params(qmodel)
+        report["timings_s"] = {"quantize_s": round(time.perf_counter() - t1, 3)}
+        prepared = None
+    else:
+        from edgeforge.quant.engine import quantize_onnx
+
+        q = quantize_onnx(model, data.x, method, scheme, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
+                          console=console, show_progress=show_progress)
+        qmodel, prepared = q.model, q.prepared
+        report["graph_passes"] = q.graph_passes
+        report["placement"] = q.plan.summary()
+        report["quantizers"] = q.quantizers_json()
+        report["timings_s"] = {k: round(v, 3) for k, v in q.timings.items()}
+        if analyze:
+            from edgeforge.quant.analysis import analyze as run_analysis
+
+            t1 = time.perf_counter()
+            n = min(4, len(data.x))
+            report["analysis"] = run_analysis(prepared, qmodel, q.plan, q.act_q, q.weight_q, data.x[:n])
+            report["timings_s"]["analysis_s"] = round(time.perf_counter() - t1, 3)
+    report["timings_s"]["calib_data_s"] = round(t_data, 3)
+    ev = eval_split(calib, data.preprocess)
+    report["accuracy"] = evaluate(model, qmodel, ev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(onnx_path) as tmp:
+        onnx.save(qmodel, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    report["onnx"] = {"path": str(onnx_path.relative_to(art)), "sha256": sha256_file(onnx_path),
+                      "size_bytes": onnx_path.stat().st_size, "fp32_size_bytes": fp32.stat().st_size}
+    write_json_atomic(qjson, report)
+    entry = {"inputs_hash": inputs_hash, "command": shlex.join(argv) if argv else None,
+             "method": method, "bits": bits, "target": scheme.target, "scheme": scheme.to_json(),
+             "calibration": {"name": data.definition.name, "hash": data.hash, "count": len(data.x),
+                             "skipped": len(data.skipped)},
+             "accuracy": report["accuracy"], "onnx": report["onnx"], "quant_json": str(qjson.relative_to(art)),
+             "toolchain": versions, "timings_s": report["timings_s"]}
+    if "analysis" in report:
+        entry["analysis_outputs"] = report["analysis"]["outputs"]
+    manifest.record(name, entry, files=[onnx_path, qjson])
+    return QuantResult(out_dir, onnx_path, qjson, manifest.step(name), report)

@@ -1,0 +1,74 @@
+"""Rich tables for `edgeforge quantize` and `edgeforge calib show`."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def print_quant_summary(result, console, top: int = 10) -> None:
+    """Accuracy, agreement, timings and the most sensitive layers of a quantize run."""
+    e = result.entry
+    r = result.report
+    if result.skipped:
+        console.print(f"[green]up to date[/]: {result.onnx_path} (inputs unchanged; --force to redo)")
+    acc = e.get("accuracy", {})
+    t = Table(title=f"{e.get('method')} {e.get('bits')} on {e.get('target')}", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("eval_set", "eval_count", "fp32_top1", "int8_top1", "drop", "agreement_fp32_int8",
+              "output_cosine", "output_sqnr_db"):
+        if k in acc:
+            t.add_row(k, _fmt(acc[k], 4))
+    cal = e.get("calibration", {})
+    t.add_row("calibration", f"{cal.get('name')} x{cal.get('count')} ({str(cal.get('hash', ''))[:12]})")
+    if e.get("timings_s"):
+        t.add_row("time (s)", " ".join(f"{k.removesuffix('_s')}={v:.1f}" for k, v in e["timings_s"].items()))
+    console.print(t)
+    an = r.get("analysis") if r else None
+    if an:
+        by_name = {row["layer"]: row for row in an["layers"]}
+        st = Table(title=f"most sensitive layers (SQNR alone, {an['samples']} samples)")
+        for col in ("layer (module)", "op", "SQNR alone dB", "cos alone", "SQNR accum dB", "cos accum"):
+            st.add_column(col, justify="left" if col.startswith("layer") or col == "op" else "right")
+        for name in an["sensitivity_ranking"][:top]:
+            row = by_name[name]
+            st.add_row(row["module"], row["op"], _fmt(row["sqnr_alone_db"]), _fmt(row["cosine_alone"], 5),
+                       _fmt(row["sqnr_accumulated_db"]), _fmt(row["cosine_accumulated"], 5))
+        console.print(st)
+        console.print("leave layers in float with [bold]--keep-fp MODULE[/] (e.g. --keep-fp "
+                      f"{by_name[an['sensitivity_ranking'][0]]['module']})")
+    console.print(f"wrote {result.onnx_path} and {result.quant_json}")
+
+
+def print_calib(data, stats: dict, sheet, console) -> None:
+    t = Table(title=f"calibration set {data.definition.name}")
+    t.add_column("field")
+    t.add_column("value")
+    t.add_row("source", str(data.definition.source.model_dump(exclude_none=True, exclude_defaults=True) or {"kind": data.definition.source.kind}))
+    t.add_row("count", str(len(data.x)))
+    t.add_row("sample shape", str(list(data.x.shape[1:])))
+    t.add_row("seed", str(data.definition.seed))
+    t.add_row("hash", data.hash)
+    if data.labels is not None:
+        import numpy as np
+
+        t.add_row("labels", str(dict(zip(*[a.tolist() for a in np.unique(data.labels, return_counts=True)]))))
+    if data.skipped:
+        t.add_row("skipped (unreadable)", "\n".join(f"{p}: {r}" for p, r in data.skipped))
+    console.print(t)
+    ct = Table(title="per-channel statistics (after preprocessing)")
+    for col in ("channel", "mean", "std", "min", "max"):
+        ct.add_column(col, justify="right")
+    for c in range(len(stats["mean"])):
+        ct.add_row(str(c), *(f"{stats[k][c]:.4f}" for k in ("mean", "std", "min", "max")))
+    console.print(ct)
+    if sheet:
+        console.print(f"contact sheet: {sheet}")
