@@ -97,10 +97,41 @@ def export(recipe, out_dir, weights, batch, opset, custom_ops, seed, force) -> N
 
 
 # --------------------------------------------------------------------------- not yet built
-@cli.command(context_settings=_PASSTHROUGH)
-def quantize() -> None:
-    """Post-training INT8 quantization of an exported artifact with a calibration set."""
-    _not_yet("quantize")
+@cli.command()
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--calib", "calib_set", default=None,
+              help="Calibration set: NAME (calib/NAME.yaml), a YAML path, or digits|natural|clips "
+                   "(default: the recipe's).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy", "ort"]), default=None,
+              help="Observer, or 'ort' for ONNX Runtime's own quantize_static (default: the recipe's).")
+@click.option("--bits", type=click.Choice(["w8a8", "w6a6", "w4a8", "w4a4"]), default=None,
+              help="Weight/activation bits (below 8: 8-bit containers with the narrower range).")
+@click.option("--target", default=None, help="Target profile whose constraints apply (default: cpu-ort).")
+@click.option("--num-samples", type=int, default=None, help="Calibration samples (default: the recipe's, 32).")
+@click.option("--keep-fp", "keep_fp", multiple=True,
+              help="Leave a layer in float (ONNX node name or module path, e.g. stages.3.blocks.1); repeatable.")
+@click.option("--act-scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default="auto",
+              help="Activation scheme (auto: what the target runs fastest).")
+@click.option("--norm-inputs", is_flag=True, help="Also quantize LayerNorm inputs (FQ-ViT-style simulation).")
+@click.option("--no-analysis", is_flag=True, help="Skip the per-layer error analysis.")
+@click.option("--force", is_flag=True, help="Quantize even if the inputs have not changed.")
+def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, act_scheme, norm_inputs,
+             no_analysis, force) -> None:
+    """Post-training INT8 quantization of an exported artifact with a calibration set.
+
+    Writes ARTIFACT/int8-<method>/model.onnx (QDQ) and quant.json (every quantizer, the
+    calibration hash, per-layer SQNR/cosine, accuracy and agreement on the eval split).
+    """
+    from edgeforge.quant.pipeline import quantize_artifact
+    from edgeforge.quant.report import print_quant_summary
+
+    if num_samples is not None and num_samples <= 0:
+        raise click.BadParameter("must be positive", param_hint="--num-samples")
+    result = quantize_artifact(artifact, calib=calib_set, method=method, bits=bits, target=target,
+                               num_samples=num_samples, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
+                               act_scheme=act_scheme, analyze=not no_analysis, force=force,
+                               argv=sys.argv, console=console)
+    print_quant_summary(result, console)
 
 
 @cli.command(name="compile")
@@ -279,10 +310,56 @@ def plugins_info(build_dir) -> None:
     _print_plugin_parts(plugin_build.info(build_dir))
 
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.group()
 def calib() -> None:
     """Calibration sets: `calib make FOLDER --out calib/NAME.yaml`, `calib show NAME`."""
-    _not_yet("calib")
+
+
+@calib.command("make")
+@click.argument("folder", type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="YAML to write (calib/NAME.yaml).")
+@click.option("--kind", type=click.Choice(["auto", "folder", "npz", "video"]), default="auto", show_default=True)
+@click.option("--count", type=int, default=64, show_default=True, help="Samples drawn when calibrating.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--on-corrupt", type=click.Choice(["skip", "refuse"]), default="skip", show_default=True,
+              help="Unreadable files: skip them (listed) or refuse the set.")
+def calib_make(folder, out, kind, count, seed, on_corrupt) -> None:
+    """Define a calibration set from FOLDER (images, ImageFolder, clips) or an .npz; every file is checked."""
+    from edgeforge.data.calib import make
+
+    defn, scan = make(folder, out, kind=kind, count=count, seed=seed, on_corrupt=on_corrupt)
+    console.print(f"wrote {out}: {scan['kind']}, {scan['readable']} of {scan['total']} readable, "
+                  f"count {defn.count}, seed {seed}")
+    for p, r in scan["unreadable"]:
+        err_console.print(f"[yellow]skipped[/] {p}: {r}")
+
+
+@calib.command("show")
+@click.argument("name")
+@click.option("--recipe", default=None, help="Preprocess for this recipe's input (default: 3x224x224, ImageNet mean/std).")
+@click.option("--num-samples", type=int, default=None, help="Samples to load (default: the set's count).")
+@click.option("--sheet", type=click.Path(dir_okay=False), default=None,
+              help="Contact-sheet PNG path (default: calib-NAME.png in the working directory).")
+def calib_show(name, recipe, num_samples, sheet) -> None:
+    """Count, shapes, per-channel statistics and a contact-sheet PNG of calibration set NAME."""
+    from pathlib import Path
+
+    from edgeforge.data.calib import channel_stats, contact_sheet, load_definition, materialize
+    from edgeforge.data.preprocess import Preprocess
+    from edgeforge.quant.report import print_calib
+    from edgeforge.recipes import InputSpec
+
+    d = load_definition(name)
+    if recipe:
+        from edgeforge.recipes import load
+
+        spec = load(recipe).spec.input
+    else:
+        spec = InputSpec(shape=[3, 224, 224]) if d.source.kind != "clips" else InputSpec(
+            shape=[8, 3, 224, 224], layout="NTCHW")
+    data = materialize(d, Preprocess.from_input_spec(spec), num_samples)
+    path = contact_sheet(data, sheet or Path(f"calib-{d.name}.png"))
+    print_calib(data, channel_stats(data.x), path, console)
 
 
 def _command_line() -> list[str]:
