@@ -23,10 +23,11 @@ from edgeforge import ops
 from edgeforge.artifacts import Manifest, atomic_path, sha256_file, sha256_json
 from edgeforge.errors import BadInput, CheckFailed
 from edgeforge.export import graph_checks
-from edgeforge.export.model_stats import count_macs, count_params
+from edgeforge.export.model_card import measure
+from edgeforge.export.model_stats import count_params
 from edgeforge.export.parity import check_parity, ort_cpu_session
 from edgeforge.export.simplify import save_single_file, simplify
-from edgeforge.export.transforms import TransformRecord, apply_transforms
+from edgeforge.export.transforms import TransformRecord, apply_transforms_with_outputs
 from edgeforge.export.weights import load_weights_strict, read_state_dict
 from edgeforge.models import build_model
 from edgeforge.recipes import Recipe, load
@@ -111,9 +112,10 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
     gen = torch.Generator().manual_seed(seed)
     inputs = model_inputs(recipe, model, batch, gen)
     with torch.no_grad():
-        records = apply_transforms(model, recipe.spec.export.transforms, tuple(inputs.values()),
-                                   tol=max(recipe.spec.parity.tol / 10, 1e-6), floor=recipe.spec.parity.floor)
-        n_out = len(_outputs_list(model(*inputs.values())))
+        records, outputs = apply_transforms_with_outputs(
+            model, recipe.spec.export.transforms, tuple(inputs.values()),
+            tol=max(recipe.spec.parity.tol / 10, 1e-6), floor=recipe.spec.parity.floor)
+        n_out = len(outputs)
     names = list(getattr(model, "export_output_names", None) or
                  (["logits"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
     if len(names) != n_out:
@@ -185,8 +187,11 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
     with status(f"building {recipe.name} and applying deploy transforms"):
         example_batch = 2 if batch == "dynamic" else int(batch)
         prepared = prepare_model(recipe, weights, seed, example_batch)
-        macs = count_macs(prepared.model, tuple(model_inputs(recipe, prepared.model, 1,
-                                                             torch.Generator().manual_seed(seed)).values()))
+        # MACs do not depend on the weights: measured on the meta device, like the model cards.
+        card = measure(recipe)
+        if card.macs is None:
+            raise BadInput(f"{recipe.name}: cannot measure MACs: {card.error}")
+        macs = card.macs
     timings["prepare_s"] = time.perf_counter() - t0
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)

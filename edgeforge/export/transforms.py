@@ -73,11 +73,19 @@ def apply_transforms(model: nn.Module, names: list[str], example_inputs: tuple,
     "Unchanged" is relative to the output scale: max|after-before| <= tol * max(max|before|, floor),
     since folding reorders float arithmetic (exact equality is not achievable).
     """
+    return apply_transforms_with_outputs(model, names, example_inputs, tol, floor)[0]
+
+
+@torch.no_grad()
+def apply_transforms_with_outputs(model: nn.Module, names: list[str], example_inputs: tuple,
+                                  tol: float = 1e-5, floor: float = 1.0
+                                  ) -> tuple[list[TransformRecord], list[torch.Tensor]]:
+    """`apply_transforms`, also returning the final outputs (so callers need not run the model again)."""
     records = []
     model.eval()
+    before = [t.clone() for t in _flatten(model(*example_inputs))]
     for name in names:
         fn = get_transform(name)
-        before = [t.clone() for t in _flatten(model(*example_inputs))]
         changed = int(fn(model, example_inputs) or 0)
         model.eval()
         after = _flatten(model(*example_inputs))
@@ -88,7 +96,9 @@ def apply_transforms(model: nn.Module, names: list[str], example_inputs: tuple,
         if rel > tol:
             raise CheckFailed(f"deploy transform {name!r} changed the outputs: max abs err {err:.3g} "
                               f"(relative {rel:.3g} > {tol:g}); it is not exact for this model")
-    return records
+        # Each transform is compared with the model just before it, so an error is pinned on one.
+        before = [t.clone() for t in after]
+    return records, before
 
 
 # ---------------------------------------------------------------------------- generic transforms
