@@ -17,6 +17,7 @@ chains. Variants T/S/B/L follow the authors' RMT_T3/RMT_S/RMT_M2/RMT_L6 configur
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +64,12 @@ class RelPos2d(nn.Module):
         return sin, cos, decay_2d(self.log_gamma, h, w), None
 
     def forward(self, h, w):
-        if self.frozen and (int(h), int(w)) == self.resolution:
-            return self.sin, self.cos, self.mask_a, self.mask_b
+        if self.frozen:
+            with warnings.catch_warnings():  # sizes are static in an export: reading them is intended
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                at_resolution = (int(h), int(w)) == self.resolution
+            if at_resolution:
+                return self.sin, self.cos, self.mask_a, self.mask_b
         return self.compute(h, w)
 
     @torch.no_grad()
