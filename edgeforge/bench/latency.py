@@ -5,16 +5,17 @@
 - Calls are grouped in blocks. When several runners are compared they alternate by block
   (ABAB... with the order flipped every round), never call by call: runtimes keep their thread
   pools spinning after a call, which slows whatever runs right after it.
-- Figures are medians and percentiles. The noise a run states is the spread of its block
-  medians: `noise_pct` = 100 * 2 * sigma / p50, with sigma = 1.4826 * MAD of the block medians
-  (a robust standard deviation: one slow block on a shared machine does not inflate it), floored
-  at two standard errors of the overall median. Two runs whose p50s differ by less than their
-  stated noise agree. A run whose coefficient of variation exceeds `NOISY_CV` is flagged noisy.
+- Figures are medians and percentiles. The noise a run states (`noise_pct`, relative to p50)
+  is the larger of two robust spreads: between windows of the run, two standard deviations of
+  the block medians (sigma = 1.4826 * MAD, so one slow block on a shared machine does not
+  inflate it), and between calls, half the interquartile range of all calls (on a loaded
+  machine the load changes between runs too, and that spread is what another run can land
+  in). Two runs whose p50s differ by less than their stated noise agree. A run whose
+  coefficient of variation exceeds `NOISY_CV` is flagged noisy.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -138,15 +139,14 @@ def summarize(samples: Samples, batch: int = 1) -> dict:
 
 
 def _noise_pct(t: np.ndarray, block_medians: Sequence[float], p50: float) -> float:
-    """Two robust standard deviations of the block medians relative to p50 (module docstring)."""
+    """The stated run-to-run noise of p50, in % (see the module docstring)."""
     if p50 <= 0:
         return 0.0
     bm = np.asarray(block_medians, dtype=np.float64)
-    spread = 2 * 1.4826 * float(np.median(np.abs(bm - np.median(bm)))) if bm.size > 2 else 0.0
-    # Standard error of the median ~ 1.2533 * sigma / sqrt(n); sigma robust (MAD) for the same reason.
-    sigma = 1.4826 * float(np.median(np.abs(t - np.median(t))))
-    sem = 1.2533 * sigma / math.sqrt(t.size) if t.size > 1 else 0.0
-    return 100.0 * max(spread, 2 * sem) / p50
+    between_blocks = 2 * 1.4826 * float(np.median(np.abs(bm - np.median(bm)))) if bm.size > 2 else 0.0
+    q25, q75 = np.percentile(t, [25, 75])
+    between_calls = float(q75 - q25) / 2
+    return 100.0 * max(between_blocks, between_calls) / p50
 
 
 def noise_warning(latency: Mapping) -> str | None:

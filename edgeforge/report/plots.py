@@ -40,6 +40,22 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Labels with as many decimals as the tick step needs (100 and 100.5 must not both read 100)."""
+    if len(ticks) < 2:
+        return [_fmt(t) for t in ticks]
+    step = min(abs(b - a) for a, b in zip(ticks, ticks[1:])) or 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if any(abs(round(t, decimals) - t) > step * 1e-6 for t in ticks):
+        decimals += 1
+    return [f"{t:.{decimals}f}" for t in ticks]
+
+
+def _anchor(px: float, offset: float = 8) -> tuple[float, str]:
+    """Place a label right of a mark, or left of it near the right edge."""
+    return (px - offset, "end") if px > W - M_RIGHT - 160 else (px + offset, "start")
+
+
 class _Frame:
     """Maps data coordinates to the plot area and draws axes."""
 
@@ -56,14 +72,14 @@ class _Frame:
     def axes(self, xlabel: str, ylabel: str, xticks: Sequence[float], yticks: Sequence[float]) -> list[str]:
         parts = [f'<line x1="{M_LEFT}" y1="{H - M_BOTTOM}" x2="{W - M_RIGHT}" y2="{H - M_BOTTOM}" stroke="#333"/>',
                  f'<line x1="{M_LEFT}" y1="{M_TOP}" x2="{M_LEFT}" y2="{H - M_BOTTOM}" stroke="#333"/>']
-        for t in xticks:
+        for t, label in zip(xticks, _tick_labels(xticks)):
             px = self.x(t)
             parts.append(f'<line x1="{px:.1f}" y1="{H - M_BOTTOM}" x2="{px:.1f}" y2="{H - M_BOTTOM + 4}" stroke="#333"/>'
-                         f'<text x="{px:.1f}" y="{H - M_BOTTOM + 16}" text-anchor="middle">{_fmt(t)}</text>')
-        for t in yticks:
+                         f'<text x="{px:.1f}" y="{H - M_BOTTOM + 16}" text-anchor="middle">{label}</text>')
+        for t, label in zip(yticks, _tick_labels(yticks)):
             py = self.y(t)
             parts.append(f'<line x1="{M_LEFT - 4}" y1="{py:.1f}" x2="{W - M_RIGHT}" y2="{py:.1f}" stroke="#eee"/>'
-                         f'<text x="{M_LEFT - 7}" y="{py + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+                         f'<text x="{M_LEFT - 7}" y="{py + 4:.1f}" text-anchor="end">{label}</text>')
         parts.append(f'<text x="{(M_LEFT + W - M_RIGHT) / 2:.0f}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>')
         parts.append(f'<text transform="translate(14,{(M_TOP + H - M_BOTTOM) / 2:.0f}) rotate(-90)" '
                      f'text-anchor="middle">{escape(ylabel)}</text>')
@@ -112,7 +128,8 @@ def latency_histogram(samples_ms: Sequence[float], title: str, markers: dict[str
             color = PALETTE[(j + 1) % len(PALETTE)]
             body.append(f'<line class="marker" x1="{px:.1f}" y1="{M_TOP}" x2="{px:.1f}" y2="{H - M_BOTTOM}" '
                         f'stroke="{color}" stroke-dasharray="4 3"/>'
-                        f'<text x="{px + 3:.1f}" y="{M_TOP + 12 + 12 * j}" fill="{color}">{escape(name)} {_fmt(v)}</text>')
+                        f'<text x="{_anchor(px, 3)[0]:.1f}" y="{M_TOP + 24 + 12 * j}" text-anchor="{_anchor(px, 3)[1]}" '
+                        f'fill="{color}">{escape(name)} {_fmt(v)}</text>')
     if clipped:
         body.append(f'<text x="{W - M_RIGHT}" y="{M_TOP + 4}" text-anchor="end" fill="#666">'
                     f'{clipped} calls above p99.5 not shown</text>')
@@ -155,7 +172,8 @@ def accuracy_vs_latency(points: Sequence[tuple[str, float, float]], title: str, 
         color = PALETTE[j % len(PALETTE)]
         body.append(f'<circle class="point" cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="5" fill="{color}">'
                     f'<title>{escape(label)}: {_fmt(x)} ms, {_fmt(y)}</title></circle>'
-                    f'<text x="{f.x(x) + 8:.1f}" y="{f.y(y) + 4 + 12 * (j % 3 - 1):.1f}" fill="{color}">{escape(label)}</text>')
+                    f'<text x="{_anchor(f.x(x))[0]:.1f}" y="{f.y(y) + 4 + 12 * (j % 3 - 1):.1f}" '
+                    f'text-anchor="{_anchor(f.x(x))[1]}" fill="{color}">{escape(label)}</text>')
     return _svg("accuracy-vs-latency", title, body)
 
 

@@ -120,6 +120,8 @@ def detail_rows(r: Report) -> list[tuple[str, str]]:
             parts.append(f"top-1 agreement with {a.reference} {a.agreement_top1:.2f}%")
         if a.sqnr_db is not None:
             parts.append(f"SQNR {a.sqnr_db:.1f} dB")
+        if a.top1 is None and a.agreement_top1 is None:
+            parts.append("no labels: nothing to score against (this model is the reference for INT8 agreement/SQNR)")
         rows.append(("accuracy", "; ".join(parts)))
     for w in r.warnings:
         rows.append(("warning", w))
