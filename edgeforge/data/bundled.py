@@ -96,8 +96,11 @@ def clips(count: int, frames: int = 8, seed: int = 0) -> tuple[list[list[np.ndar
         side0 = int(rng.uniform(0.3, 0.6) * min(h, w))
         zoom = rng.uniform(0.9, 1.1)
         side1 = int(np.clip(side0 * zoom, 8, min(h, w)))
-        y0, x0 = rng.integers(0, h - side0 + 1), rng.integers(0, w - side0 + 1)
-        y1, x1 = rng.integers(0, h - side1 + 1), rng.integers(0, w - side1 + 1)
+        y0, x0 = int(rng.integers(0, h - side0 + 1)), int(rng.integers(0, w - side0 + 1))
+        # a slow pan: the window moves by at most a fifth of its side over the clip
+        reach = max(1, side0 // 5)
+        y1 = int(np.clip(y0 + rng.integers(-reach, reach + 1), 0, h - side1))
+        x1 = int(np.clip(x0 + rng.integers(-reach, reach + 1), 0, w - side1))
         seq = []
         for t in np.linspace(0.0, 1.0, frames):
             side = int(round(side0 + (side1 - side0) * t))

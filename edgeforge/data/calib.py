@@ -65,7 +65,7 @@ class CalibDef(BaseModel):
             raise BadInput(f"calibration set {self.name!r}: source.kind {self.source.kind!r} needs source.path")
         p = Path(self.source.path)
         if not p.is_absolute() and self.base_dir:
-            p = Path(self.base_dir) / p
+            p = Path(os.path.normpath(Path(self.base_dir) / p))
         return p
 
     def identity(self) -> dict:

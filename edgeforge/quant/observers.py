@@ -144,14 +144,15 @@ def kl_threshold(hist: np.ndarray, amax: float, levels: int = 128) -> float:
         # merge the i bins into `levels` groups, then expand back over the non-empty bins
         groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
         gsum = np.bincount(groups, weights=hist[:i], minlength=levels)
-        gcnt = np.bincount(groups, weights=(hist[:i] > 0).astype(np.float64), minlength=levels)
+        gcnt = np.bincount(groups, weights=nz.astype(np.float64), minlength=levels)
         q = np.where(nz, gsum[groups] / np.maximum(gcnt[groups], 1), 0.0)
         ps, qs = p.sum(), q.sum()
         if qs == 0:
             continue
         pn, qn = p / ps, q / qs
-        m = nz & (qn > 0)
-        kl = float(np.sum(pn[m] * np.log(pn[m] / qn[m]))) + (1e9 if np.any(nz & (qn == 0)) else 0.0)
+        # smooth: a bin P has and Q lost (clipped mass) gets a small probability instead of 0
+        qn = np.where(nz & (qn == 0), 1e-4 / max(i, 1), qn)
+        kl = float(np.sum(pn[nz] * np.log(pn[nz] / qn[nz])))
         if kl < best_kl:
             best_kl, best_i = kl, i
     return float(best_i / nb * amax)

@@ -1,0 +1,131 @@
+"""QDQ export on a small real model: placement, every method, ORT and OpenVINO, keep-fp, analysis."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from test_quant_support import calib_x, export_onnx, tiny_model
+
+from edgeforge.errors import BadInput
+from edgeforge.quant.analysis import analyze
+from edgeforge.quant.calibrate import run_outputs
+from edgeforge.quant.engine import quantize_onnx
+from edgeforge.quant.quantizers import cosine
+from edgeforge.quant.scheme import resolve
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    path = export_onnx(tiny_model(), tmp_path_factory.mktemp("q") / "tiny.onnx")
+    return onnx.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return calib_x(12)
+
+
+def _logits(model, x):
+    return run_outputs(model, x, [model.graph.output[0].name], optimize="all")[model.graph.output[0].name]
+
+
+def _consumers(model, tensor):
+    return [n for n in model.graph.node if tensor in n.input]
+
+
+def test_placement_and_qdq_structure(fp32, data):
+    q = quantize_onnx(fp32, data[:8], "minmax", resolve("w8a8"), show_progress=False)
+    m = q.model
+    onnx.checker.check_model(m)
+    ops = Counter(n.op_type for n in m.graph.node)
+    assert ops["QuantizeLinear"] == len(q.act_q) and ops["DequantizeLinear"] >= len(q.act_q) + len(q.weight_q)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    # every Conv/MatMul/Gemm reads only dequantized inputs (weights int8 per-channel, bias int32)
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "MatMul", "Gemm"):
+            for t in n.input:
+                if not t:
+                    continue
+                p = producer.get(t)
+                while p is not None and p.op_type in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"):
+                    p = producer.get(p.input[0])
+                assert p is not None and p.op_type == "DequantizeLinear", (n.name, t)
+                if p.input[0] in inits:  # a weight or bias
+                    dt = inits[p.input[0]].dtype
+                    assert dt in (np.int8, np.int32), (n.name, dt)
+                    if dt == np.int8 and n.op_type == "Conv":
+                        assert inits[p.input[1]].ndim == 1  # per-channel scale
+    # q@k^T and attn@v: both MatMul inputs quantized, the softmax output among them
+    sm = next(n for n in m.graph.node if n.op_type == "Softmax")
+    assert any(c.op_type == "QuantizeLinear" for c in _consumers(m, sm.output[0]))
+    dyn_matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and not any(t in inits or
+                   (producer.get(t) and producer[t].op_type == "DequantizeLinear" and producer[t].input[0] in inits)
+                   for t in n.input)]
+    assert len(dyn_matmuls) == 2
+    # no quantizer on shape/index ops' outputs, and none on integer tensors
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear":
+            p = producer.get(n.input[0])
+            assert p is None or p.op_type not in ("Reshape", "Shape", "Gather", "Transpose", "Slice"), p.name
+    # the residual add and the pooling that feeds it stay in the int8 chain
+    roles = Counter(r for s in q.plan.acts.values() for r in s.roles)
+    assert roles["chain"] >= 2 and roles["input"] >= 5
+    # BN was folded before export; the exact passes folded the layer scale into fc2
+    assert q.graph_passes["fold_channel_scales"] >= 1
+    assert "BatchNormalization" not in ops
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
+def test_methods_run_in_ort_and_openvino(fp32, data, method):
+    q = quantize_onnx(fp32, data[:8], method, resolve("w8a8", method=method), show_progress=False)
+    ref = _logits(fp32, data)
+    out = _logits(q.model, data)
+    assert cosine(ref, out) > 0.98, method
+    ov = pytest.importorskip("openvino")
+    # OpenVINO reads the same QDQ model (standard ops only when targeting it)
+    qv = quantize_onnx(fp32, data[:8], method, resolve("w8a8", "cpu-openvino", method), show_progress=False)
+    assert not any(n.domain == "com.microsoft" for n in qv.model.graph.node)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(qv.model.SerializeToString(), b""), "CPU")
+    ov_out = np.concatenate([compiled(data[i:i + 1])[0] for i in range(len(data))])
+    assert cosine(ref, ov_out) > 0.98
+
+
+def test_lower_bits_and_symmetric_target(fp32, data):
+    ref = _logits(fp32, data)
+    errs = {}
+    for bits in ("w8a8", "w6a6", "w4a4"):
+        q = quantize_onnx(fp32, data[:8], "mse", resolve(bits, method="mse"), show_progress=False)
+        errs[bits] = 1 - cosine(ref, _logits(q.model, data))
+        # 8-bit containers with the narrower range
+        if bits != "w8a8":
+            wq = next(iter(q.weight_q.values()))
+            assert wq.qmax == 2 ** (int(bits[1]) - 1) - 1
+    assert errs["w8a8"] < errs["w6a6"] < errs["w4a4"]
+    trt = quantize_onnx(fp32, data[:8], "minmax", resolve("w8a8", "gpu-tensorrt"), show_progress=False)
+    for qp in trt.act_q.values():
+        assert qp.signed and int(qp.zero_point) == 0
+    assert cosine(ref, _logits(trt.model, data)) > 0.98
+
+
+def test_keep_fp_and_analysis(fp32, data):
+    scheme = resolve("w4a4", method="minmax")
+    q = quantize_onnx(fp32, data[:8], "minmax", scheme, show_progress=False)
+    rep = analyze(q.prepared, q.model, q.plan, q.act_q, q.weight_q, data[:4])
+    assert len(rep["layers"]) == len(q.plan.layers) and rep["sensitivity_ranking"]
+    for row in rep["layers"]:
+        assert row["cosine_alone"] is not None and -1 <= row["cosine_alone"] <= 1
+    worst = rep["sensitivity_ranking"][0]
+    module = next(r["module"] for r in rep["layers"] if r["layer"] == worst)
+    kept = quantize_onnx(fp32, data[:8], "minmax", scheme, keep_fp=[module], show_progress=False)
+    assert worst in kept.plan.kept_fp and worst not in kept.plan.layers
+    node = next(n for n in kept.model.graph.node if n.name == worst)
+    producer = {o: n for n in kept.model.graph.node for o in n.output}
+    assert all(producer.get(t) is None or producer[t].op_type != "DequantizeLinear" for t in node.input)
+    with pytest.raises(BadInput, match="no Conv/MatMul/Gemm layer matches"):
+        quantize_onnx(fp32, data[:8], "minmax", scheme, keep_fp=["no.such.layer"], show_progress=False)
