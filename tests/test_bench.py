@@ -162,6 +162,8 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: 
         assert int8.paths[kind] == tiny_art_rw / "reports" / f"{target}-int8-ort.{kind}"
     assert load_report(int8.paths["json"]).latency.p50 == r.latency.p50
     assert "<svg" in int8.paths["html"].read_text() and "p50" in int8.paths["md"].read_text()
+    index = int8.paths["index"].read_text()  # every report of the artifact on one page
+    assert 'data-plot="accuracy-vs-latency"' in index and index.count('data-plot="latency-histogram"') == 2
 
 
 def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):  # noqa: F811

@@ -184,7 +184,7 @@ def bench_artifact(
     write: bool = True,
 ) -> BenchResult:
     """Bench `artifact` at `precision` on `target`; write ART/reports/<target>-<precision>.* when `write`."""
-    from edgeforge.report.io import write_report
+    from edgeforge.report.io import write_index, write_report
     from edgeforge.report.schema import Report
 
     art = Path(artifact)
@@ -202,7 +202,10 @@ def bench_artifact(
     if not reachable:
         report = Report(status="not_measured", reason=how, model=_model_info(art, model, export, quant),
                         target=_target_info(tgt, f"not reached: {how}"), **common)
-        return BenchResult(report, write_report(report, art / "reports") if write else {})
+        paths = write_report(report, art / "reports") if write else {}
+        if write:
+            paths["index"] = write_index(art / "reports")
+        return BenchResult(report, paths)
 
     input_spec = recipe_input(export)
     runner = make_runner(tgt, model, device_url, threads, name=precision)
@@ -266,6 +269,7 @@ def bench_artifact(
     )
     paths = write_report(report, art / "reports") if write else {}
     if write:
+        paths["index"] = write_index(art / "reports")
         Manifest(art).record(f"bench/{tgt.name}/{precision}",
                              {"command": common["command"], "p50_ms": latency["p50"], "status": "measured"},
                              files=[paths["json"]])

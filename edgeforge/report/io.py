@@ -29,6 +29,26 @@ def write_report(report: Report, reports_dir: str | os.PathLike) -> dict[str, Pa
     return paths
 
 
+def write_index(reports_dir: str | os.PathLike) -> Path | None:
+    """`reports_dir/index.html`: every valid report in the folder on one page (with the
+    accuracy-vs-latency chart once there are several). Files that are not valid reports are
+    left out, not fatal: the folder may hold reports from a newer edgeforge."""
+    from edgeforge.errors import BadInput
+
+    reports_dir = Path(reports_dir)
+    reports = []
+    for p in sorted(reports_dir.glob("*.json")):
+        try:
+            reports.append(load_report(p))
+        except BadInput:
+            continue
+    if not reports:
+        return None
+    out = reports_dir / "index.html"
+    write_text_atomic(out, to_html(reports, f"edgeforge: {len(reports)} reports in {reports_dir}"))
+    return out
+
+
 def merge_html(paths: Sequence[str | os.PathLike], out: str | os.PathLike, title: str | None = None) -> Path:
     """Merge several report JSONs into one HTML page at `out`."""
     reports = [load_report(p) for p in paths]
