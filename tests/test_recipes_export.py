@@ -18,11 +18,62 @@ from edgeforge.recipes import all_recipes, recipes_dir
 RECIPES = all_recipes()
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_every_recipe_variant_exports_with_parity(name, tmp_path):
+def uses_custom_ops(recipe) -> bool:
+    """Whether the recipe's model calls edgeforge's custom ops: one forward on the meta device
+    (no compute) with the real op entry points wrapped by call counters. timm models never do."""
+    import torch
+
+    from edgeforge.ops import api
+
+    if not recipe.spec.builder.startswith("edgeforge:"):
+        return False
+    calls = []
+    originals = {n: getattr(api, n) for n in ("linear_scan", "gated_attention")}
+
+    def counting(fn):
+        def wrapped(*a, **k):
+            calls.append(fn.__name__)
+            return fn(*a, **k)
+
+        return wrapped
+
+    try:
+        for n, fn in originals.items():
+            setattr(api, n, counting(fn))
+        with torch.device("meta"), torch.no_grad():
+            model = models.build_model(recipe.spec.builder, **recipe.spec.builder_args)
+            inputs = (tuple(v.to("meta") for v in model.export_inputs(1).values())
+                      if callable(getattr(model, "export_inputs", None)) else
+                      (torch.empty(1, *recipe.spec.input.shape),))
+            model(*inputs)
+    finally:
+        for n, fn in originals.items():
+            setattr(api, n, fn)
+    return bool(calls)
+
+
+# plugin mode applies to models that call the custom ops; whether one does is checked inside the
+# test (a meta-device forward), which keeps collection fast.
+CASES = [(n, "decompose") for n in sorted(RECIPES)] + [
+    (n, "plugin") for n in sorted(RECIPES) if RECIPES[n].spec.builder.startswith("edgeforge:")]
+
+
+@pytest.mark.parametrize("name, custom_ops", CASES)
+def test_every_recipe_variant_exports_with_parity(name, custom_ops, tmp_path):
     recipe = RECIPES[name]
-    result = export_recipe(recipe, out_dir=tmp_path, check_simplify_latency=False)
+    if custom_ops == "plugin":
+        from edgeforge.ops.native import ort_library_path
+
+        if not uses_custom_ops(recipe):
+            pytest.skip(f"{name} uses no custom ops: plugin and decompose exports are the same graph")
+
+        if ort_library_path() is None:
+            pytest.skip("the edgeforge ONNX Runtime kernel library is not built (`edgeforge plugins build`)")
+    result = export_recipe(recipe, out_dir=tmp_path, custom_ops=custom_ops, check_simplify_latency=False)
     entry = result.entry
+    model_ops = entry["onnx"]["ops"]
+    has_custom = any(op.startswith("edgeforge::") for op in model_ops)
+    assert has_custom == (custom_ops == "plugin"), model_ops
     assert result.onnx_path.is_file()
     parity = entry["parity"]
     assert parity["passed"], parity
