@@ -203,15 +203,15 @@ def _build_locked(build_dir: Path, fetch: bool, parts: tuple[str, ...], say) -> 
             report.parts[p] = Part(p, False, reason=why)
         return _save(report, build_dir)
 
-    ort = find_ort_headers(fetch) if "ort" in parts else Found(None, "not requested")
-    nvcc = find_nvcc() if "trt" in parts else Found(None, "not requested")
-    trt = find_tensorrt_headers(fetch) if "trt" in parts and nvcc.path else Found(None, "not requested")
-    report.deps = {"onnxruntime headers": ort.note, "nvcc": nvcc.note,
-                   "tensorrt headers": trt.note if nvcc.path or "trt" not in parts else "not looked for (no nvcc)"}
+    # Dependencies are looked up for every part, so that building a subset keeps one configuration.
+    ort = find_ort_headers(fetch)
+    nvcc = find_nvcc()
+    trt = find_tensorrt_headers(fetch) if nvcc.path else Found(None, "not looked for (no nvcc)")
+    report.deps = {"onnxruntime headers": ort.note, "nvcc": nvcc.note, "tensorrt headers": trt.note}
     args = [cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
             f"-DEF_BUILD_ORT={'ON' if ort.path else 'OFF'}", f"-DORT_INCLUDE_DIR={ort.path or ''}",
             f"-DEF_BUILD_TRT={'ON' if trt.path and nvcc.path else 'OFF'}", f"-DTENSORRT_INCLUDE_DIR={trt.path or ''}",
-            f"-DEF_BUILD_ASAN={'ON' if 'asan' in parts else 'OFF'}"]
+            "-DEF_BUILD_ASAN=ON"]
     if nvcc.path and trt.path:
         args += [f"-DCMAKE_CUDA_COMPILER={nvcc.path}", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHS}"]
     if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():

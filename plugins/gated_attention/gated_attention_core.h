@@ -23,17 +23,26 @@ EF_HD int64_t ga_key_limit(const GatedAttentionShape& s, int64_t i) {
     return s.causal ? i + (s.M - s.N) + 1 : s.M;
 }
 
-// Scaled logits of one query row against kb keys stored transposed (kt[d * kt_stride + j]), so the
-// inner loop runs over keys with unit stride (vectorizes on the CPU without reassociating sums).
-template <typename QT, typename KT>
-EF_HD void ga_logits(const QT* EF_RESTRICT q, const KT* EF_RESTRICT kt, int64_t kt_stride, int64_t D,
-                     int64_t kb, float scale, float* EF_RESTRICT s) {
-    for (int64_t j = 0; j < kb; ++j) s[j] = 0.0f;
+// Logits of R query rows against 16 * NC keys stored transposed (kt[d * kt_stride + j]):
+// s[r * s_stride + j] = scale * q_r . k_j, accumulated in R * NC F16 register tiles (enough
+// independent accumulators to keep the FMA units busy). The CPU build runs R = 4 rows against
+// 32 keys per call (a small GEMM tile); a CUDA thread runs its single row (R = 1).
+template <int R, int NC, typename QT, typename KT>
+EF_HD void ga_logits_tile(const QT* EF_RESTRICT q, int64_t q_stride, const KT* EF_RESTRICT kt, int64_t kt_stride,
+                          int64_t D, float scale, float* EF_RESTRICT s, int64_t s_stride) {
+    F16 acc[R][NC];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < NC; ++c) acc[r][c] = f16_zero();
     for (int64_t d = 0; d < D; ++d) {
-        const float qd = to_float(q[d]) * scale;
-        const KT* EF_RESTRICT kr = kt + d * kt_stride;
-        for (int64_t j = 0; j < kb; ++j) s[j] += qd * to_float(kr[j]);
+        F16 kv[NC];
+        for (int c = 0; c < NC; ++c) kv[c] = f16_load(kt + d * kt_stride + 16 * c);
+        for (int r = 0; r < R; ++r) {
+            const float qd = to_float(q[r * q_stride + d]);
+            for (int c = 0; c < NC; ++c) f16_fma(acc[r][c], qd, kv[c]);
+        }
     }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < NC; ++c) f16_store(s + r * s_stride + 16 * c, acc[r][c], scale);
 }
 
 // Adds the additive bias, the forget-gate decay c_i - c_j, and the causal mask to the logits of
@@ -53,28 +62,66 @@ EF_HD void ga_add_bias(float* EF_RESTRICT s, int64_t kb, int64_t i, int64_t j0, 
     for (int64_t j = key_limit > j0 ? key_limit - j0 : 0; j < kb; ++j) s[j] = kNegInf;
 }
 
-// One online-softmax step over a tile of kb logits (turned into weights in place): running max m,
-// running denominator l, unnormalised output acc (Dv). v points at the tile's first key row.
-template <typename VT>
-EF_HD void ga_update(float* EF_RESTRICT s, int64_t kb, const VT* EF_RESTRICT v, int64_t v_stride, int64_t Dv,
-                     float* EF_RESTRICT acc, float& m, float& l) {
+// One online-softmax step of one row over a tile of kb logits: the logits become weights
+// exp(s - m_new) in place, the running denominator l and the unnormalised output acc (Dv) are
+// rescaled to the new running maximum m. A tile whose keys are all masked gets zero weights.
+EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l, float* EF_RESTRICT acc, int64_t Dv) {
+    // Max and sum run in 16 lanes: a scalar reduction is one long dependency chain.
+    F16 lanes = f16_splat(kNegInf);
+    int64_t j16 = 0;
+    for (; j16 + 16 <= kb; j16 += 16) lanes = f16_max(lanes, f16_load(s + j16));
     float tmax = kNegInf;
-    for (int64_t j = 0; j < kb; ++j) tmax = ef_fmax(tmax, s[j]);
-    if (tmax == kNegInf) return;  // every key of this tile is masked out
+    for (int i = 0; i < 16; ++i) tmax = ef_fmax(tmax, f16_lane(lanes, i));
+    for (int64_t j = j16; j < kb; ++j) tmax = ef_fmax(tmax, s[j]);
+    if (tmax == kNegInf) {
+        for (int64_t j = 0; j < kb; ++j) s[j] = 0.0f;
+        return;
+    }
     const float m_new = ef_fmax(m, tmax);
     const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
     for (int64_t j = 0; j < kb; ++j) s[j] = exp_nonpos(s[j] - m_new);
+    lanes = f16_zero();
+    for (j16 = 0; j16 + 16 <= kb; j16 += 16) lanes = f16_add(lanes, f16_load(s + j16));
     float sum = 0.0f;
-    for (int64_t j = 0; j < kb; ++j) sum += s[j];
+    for (int i = 0; i < 16; ++i) sum += f16_lane(lanes, i);
+    for (int64_t j = j16; j < kb; ++j) sum += s[j];
     l = l * corr + sum;
     if (corr != 1.0f)
         for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;
-    for (int64_t j = 0; j < kb; ++j) {
-        const float p = s[j];
-        const VT* EF_RESTRICT vr = v + j * v_stride;
-        for (int64_t e = 0; e < Dv; ++e) acc[e] += p * to_float(vr[e]);
-    }
     m = m_new;
+}
+
+// acc[r][e] += sum_j p[r][j] * v[j][e] for R rows over kb keys, columns in blocks of 16 * NC
+// held in F16 register tiles; columns left over go 16, then 1 at a time.
+template <int R, int NC, typename VT>
+EF_HD void ga_accumulate_tile(const float* EF_RESTRICT p, int64_t p_stride, int64_t kb, const VT* EF_RESTRICT v,
+                              int64_t v_stride, int64_t Dv, float* EF_RESTRICT acc, int64_t acc_stride) {
+    int64_t e0 = 0;
+    for (; e0 + 16 * NC <= Dv; e0 += 16 * NC) {
+        F16 a[R][NC];
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < NC; ++c) a[r][c] = f16_load(acc + r * acc_stride + e0 + 16 * c);
+        for (int64_t j = 0; j < kb; ++j) {
+            F16 vv[NC];
+            for (int c = 0; c < NC; ++c) vv[c] = f16_load(v + j * v_stride + e0 + 16 * c);
+            for (int r = 0; r < R; ++r) {
+                const float pr = p[r * p_stride + j];
+                for (int c = 0; c < NC; ++c) f16_fma(a[r][c], pr, vv[c]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < NC; ++c) f16_store(acc + r * acc_stride + e0 + 16 * c, a[r][c]);
+    }
+    if (NC > 1) {
+        ga_accumulate_tile<R, 1>(p, p_stride, kb, v + e0, v_stride, Dv - e0, acc + e0, acc_stride);
+        return;
+    }
+    for (; e0 < Dv; ++e0)
+        for (int r = 0; r < R; ++r) {
+            float a = acc[r * acc_stride + e0];
+            for (int64_t j = 0; j < kb; ++j) a += p[r * p_stride + j] * to_float(v[j * v_stride + e0]);
+            acc[r * acc_stride + e0] = a;
+        }
 }
 
 // o = acc / l. A row whose keys are all masked (l == 0) gives NaN, as softmax over all -inf does.

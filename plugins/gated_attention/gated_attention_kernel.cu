@@ -48,16 +48,18 @@ __global__ void attention_kernel(const T* q, const T* k, const T* v, const T* bi
     for (int64_t j0 = 0; j0 < keys; j0 += kKeys) {
         const int64_t kb = j0 + kKeys < keys ? kKeys : keys - j0;
         __syncthreads();  // previous tile fully consumed
-        for (int64_t x = threadIdx.x; x < kb * s.D; x += blockDim.x) {
+        // Keys beyond kb are zero-filled (they are masked, but the logits tile reads all kKeys).
+        for (int64_t x = threadIdx.x; x < kKeys * s.D; x += blockDim.x) {
             const int64_t j = x / s.D, d = x % s.D;
-            kt[d * kKeys + j] = to_float(kb_base[(j0 + j) * s.D + d]);
+            kt[d * kKeys + j] = j < kb ? to_float(kb_base[(j0 + j) * s.D + d]) : 0.0f;
         }
         for (int64_t x = threadIdx.x; x < kb * s.Dv; x += blockDim.x) vt[x] = to_float(vb_base[j0 * s.Dv + x]);
         __syncthreads();
         if (active && j0 < limit) {
-            ga_logits(q + (bh * s.N + i) * s.D, kt, kKeys, s.D, kb, s.scale, sc);
+            ga_logits_tile<1, kKeys / 16>(q + (bh * s.N + i) * s.D, s.D, kt, kKeys, s.D, s.scale, sc, kKeys);
             ga_add_bias(sc, kb, i, j0, bias_row, s.bias_stride[3], c != nullptr ? c + bh * s.N : nullptr, limit);
-            ga_update(sc, kb, vt, s.Dv, s.Dv, acc, m, l);
+            ga_softmax_step(sc, kb, m, l, acc, s.Dv);
+            ga_accumulate_tile<1, 1>(sc, kKeys, kb, vt, s.Dv, s.Dv, acc, s.Dv);
         }
     }
     if (active) ga_finish(acc, l, s.Dv, o + (bh * s.N + i) * s.Dv);

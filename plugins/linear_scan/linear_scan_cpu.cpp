@@ -24,7 +24,10 @@ Error linear_scan_cpu(const LinearScanArgs& x, const ParallelFor& pf) {
     // the thread hand-off, and small enough to spread C = 768 over a few threads.
     constexpr int64_t kBlock = 256;
     const int64_t blocks = (x.C + kBlock - 1) / kBlock;
-    pf(x.B * blocks, [&](int64_t item) {
+    // Small scans (the usual T <= 64, C = 768) finish in microseconds: waking pool threads would
+    // cost more than the scan, so they run on the calling thread.
+    const bool small = x.B * x.T * x.C < (int64_t{1} << 18);
+    (small ? ParallelFor(serial_for) : pf)(x.B * blocks, [&](int64_t item) {
         const int64_t bi = item / blocks, c0 = (item % blocks) * kBlock;
         const int64_t c1 = c0 + kBlock < x.C ? c0 + kBlock : x.C;
         linear_scan_lanes<float>(x.a, x.b, x.h0, x.h, x.h_last, s, bi, c0, c1);
