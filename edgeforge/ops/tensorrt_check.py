@@ -89,7 +89,8 @@ def run_engine(engine_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict[str, n
     cudart = _cudart()
     logger = trt.Logger(trt.Logger.WARNING)
     load_plugins(trt)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
+    runtime = trt.Runtime(logger)  # must outlive the engine
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise CheckFailed("TensorRT could not deserialize the engine")
     context = engine.create_execution_context()
