@@ -114,9 +114,10 @@ def export(recipe, out_dir, weights, batch, opset, custom_ops, seed, force) -> N
               help="Activation scheme (auto: what the target runs fastest).")
 @click.option("--norm-inputs", is_flag=True, help="Also quantize LayerNorm inputs (FQ-ViT-style simulation).")
 @click.option("--no-analysis", is_flag=True, help="Skip the per-layer error analysis.")
+@click.option("--no-sim", is_flag=True, help="Skip the torch-simulation vs ONNX Runtime agreement check.")
 @click.option("--force", is_flag=True, help="Quantize even if the inputs have not changed.")
 def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, act_scheme, norm_inputs,
-             no_analysis, force) -> None:
+             no_analysis, no_sim, force) -> None:
     """Post-training INT8 quantization of an exported artifact with a calibration set.
 
     Writes ARTIFACT/int8-<method>/model.onnx (QDQ) and quant.json (every quantizer, the
@@ -129,7 +130,7 @@ def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, ac
         raise click.BadParameter("must be positive", param_hint="--num-samples")
     result = quantize_artifact(artifact, calib=calib_set, method=method, bits=bits, target=target,
                                num_samples=num_samples, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
-                               act_scheme=act_scheme, analyze=not no_analysis, force=force,
+                               act_scheme=act_scheme, analyze=not no_analysis, simulate=not no_sim, force=force,
                                argv=sys.argv, console=console)
     print_quant_summary(result, console)
 

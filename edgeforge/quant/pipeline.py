@@ -85,11 +85,54 @@ def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev) -> 
     return res
 
 
+def torch_model_for(exp: dict):
+    """The artifact's torch model (recipe + weights from the export step), deploy transforms applied."""
+    from edgeforge import recipes
+    from edgeforge.export.pipeline import prepare_model
+
+    rr = exp.get("resolved_recipe") or {}
+    src, var = rr.get("source_file"), rr.get("variant")
+    name = f"{src}:{var}" if src and var and Path(src).is_file() else exp.get("recipe")
+    recipe = recipes.load(name)
+    weights = (exp.get("weights") or {}).get("path")
+    return prepare_model(recipe, weights, exp.get("seed", 0), 1).model
+
+
+def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bits: str, target: str,
+                  keep_fp: list[str], norm_inputs: bool, act_scheme: str) -> dict:
+    """Top-1 agreement between the torch simulation (`torch_sim.quantize`, same calibration
+    samples, method and scheme) and ONNX Runtime running the QDQ model, on the eval split."""
+    import torch
+
+    from edgeforge.errors import EdgeforgeError
+    from edgeforge.quant.calibrate import run_outputs
+    from edgeforge.quant.torch_sim import quantize as torch_quantize
+
+    try:
+        model = torch_model_for(exp)
+    except (EdgeforgeError, ValueError, KeyError, OSError) as e:
+        return {"torch_sim": f"not run: the artifact's torch model cannot be rebuilt here ({e})"}
+    try:
+        sim = torch_quantize(model, data.x, method, bits, target, keep_fp=keep_fp, norm_inputs=norm_inputs,
+                             act_scheme=act_scheme)
+    except EdgeforgeError as e:
+        return {"torch_sim": f"not run: {e}"}
+    with torch.no_grad():
+        outs = [sim(torch.from_numpy(ev.x[i:i + 16])) for i in range(0, len(ev.x), 16)]
+    s = torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in outs]).numpy()
+    name = qmodel.graph.output[0].name
+    o = run_outputs(qmodel, ev.x, [name], optimize="all")[name]
+    res = {"agreement_torch_sim_ort": round(float((top1(s) == top1(o)).mean()), 4)}
+    if ev.labels is not None:
+        res["torch_sim_top1"] = round(float((top1(s) == ev.labels).mean()), 4)
+    return res
+
+
 def quantize_artifact(artifact: str | Path, calib: str | None = None, method: str | None = None,
                       bits: str | None = None, target: str | None = None, num_samples: int | None = None,
                       keep_fp: list[str] = (), norm_inputs: bool = False, act_scheme: str = "auto",
-                      analyze: bool = True, force: bool = False, argv: list[str] | None = None,
-                      console=None, show_progress: bool = True) -> QuantResult:
+                      analyze: bool = True, simulate: bool = True, force: bool = False,
+                      argv: list[str] | None = None, console=None, show_progress: bool = True) -> QuantResult:
     """Quantize ARTIFACT/fp32/model.onnx; see the module docstring."""
     from edgeforge.data.calib import load_calib
 
@@ -119,7 +162,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     onnx_path, qjson = out_dir / "model.onnx", out_dir / "quant.json"
     settings = {"method": method, "bits": bits, "scheme": scheme.to_json(), "calib_hash": data.hash,
                 "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
-                "analyze": analyze, "version": QUANT_VERSION}
+                "analyze": analyze, "simulate": simulate, "version": QUANT_VERSION}
     import onnxruntime
 
     versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
@@ -159,6 +202,11 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     report["timings_s"]["calib_data_s"] = round(t_data, 3)
     ev = eval_split(calib, data.preprocess)
     report["accuracy"] = evaluate(model, qmodel, ev)
+    if simulate and method != "ort":
+        t1 = time.perf_counter()
+        report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
+                                                list(keep_fp), norm_inputs, act_scheme))
+        report["timings_s"]["torch_sim_s"] = round(time.perf_counter() - t1, 3)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(onnx_path) as tmp:
         onnx.save(qmodel, str(tmp))

@@ -1,0 +1,310 @@
+"""Quantize any torch.nn.Module: torch.fx capture, quantizer placement, calibration, simulation.
+
+`quantize(model, calib, ...)` returns a `QuantizedModule`: the model with fake-quantizers where
+a runtime would quantize (the same rules as the ONNX placement, `placement.py`):
+- inputs of Conv/Linear modules and of matmuls (q@k^T and attn@v: both operands, so softmax
+  outputs too), weights per-channel;
+- Conv outputs (after a following ReLU / BatchNorm / per-channel layer-scale multiply, which
+  the ONNX graph folds), residual adds and pooling when their output reaches a quantized op;
+- optionally LayerNorm inputs; never shape/index ops (a tensor reached through view / reshape /
+  permute / transpose / flatten is quantized at its source).
+BatchNorm is folded into the conv before it first. Bits below 8 are simulated exactly
+(narrower integer range). Softmax outputs may use a log2 / log-sqrt2 quantizer in simulation
+(`softmax_quantizer`); those have no QuantizeLinear form, so QDQ export keeps uniform 8-bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from edgeforge.quant.observers import Observer, weight_params
+from edgeforge.quant.quantizers import QParams, log_params
+from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
+
+PASS_METHODS = {"view", "reshape", "permute", "transpose", "flatten", "contiguous", "squeeze", "unsqueeze"}
+PASS_FUNCS = {torch.reshape, torch.permute, torch.transpose, torch.flatten, torch.squeeze, torch.unsqueeze}
+MATMULS = {operator.matmul, torch.matmul, torch.bmm}
+ADDS = {operator.add, torch.add}
+POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.MaxPool2d)
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+FOLDABLE_AFTER = (nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout)
+
+
+def _fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    if qp.kind != "uniform":
+        delta = float(qp.scale)
+        k = 2.0 if qp.kind == "logsqrt2" else 1.0
+        xs = x.clamp_min(0) / delta
+        q = torch.round(-k * torch.log2(xs.clamp_min(1e-30))).clamp_min(0)
+        out = delta * torch.pow(2.0, -q / k)
+        return torch.where((q > 2 ** qp.bits - 1) | (xs <= 0), torch.zeros_like(out), out)
+    if qp.per_channel:
+        return torch.fake_quantize_per_channel_affine(
+            x, torch.as_tensor(qp.scale, dtype=torch.float32), torch.as_tensor(qp.zero_point, dtype=torch.int32),
+            qp.axis, qp.qmin, qp.qmax)
+    return torch.fake_quantize_per_tensor_affine(x, float(qp.scale), int(qp.zero_point), qp.qmin, qp.qmax)
+
+
+class ActQuant(nn.Module):
+    """Observes (mode 'observe'), fake-quantizes ('quant') or passes through ('off')."""
+
+    def __init__(self, site: str, roles: set[str], method: str, percentile: float = 99.99):
+        super().__init__()
+        self.site, self.roles = site, set(roles)
+        self.observer = Observer(method, percentile=percentile)
+        self.qparams: QParams | None = None
+        self.mode = "observe"
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or self.mode == "off":
+            return x
+        if self.mode == "observe":
+            self.observer.update(x.detach().float().cpu().numpy())
+            return x
+        return _fake_quant(x, self.qparams)
+
+
+class QuantWeight(nn.Module):
+    """A Conv/Linear whose weight is fake-quantized per output channel (bias stays float)."""
+
+    def __init__(self, inner: nn.Module, qp: QParams):
+        super().__init__()
+        self.inner, self.qparams, self.enabled = inner, qp, True
+        self.register_buffer("wq", _fake_quant(inner.weight.detach(), qp), persistent=False)
+
+    def forward(self, x):
+        w = self.wq if self.enabled else self.inner.weight
+        m = self.inner
+        if isinstance(m, nn.Linear):
+            return F.linear(x, w, m.bias)
+        if isinstance(m, nn.Conv2d):
+            return m._conv_forward(x, w, m.bias)
+        return m._conv_forward(x, w, m.bias)
+
+
+@dataclass
+class QuantizedModule:
+    """The simulation: `model(x)` runs with every quantizer active."""
+
+    model: fx.GraphModule
+    scheme: Scheme
+    method: str
+    act_quantizers: dict[str, ActQuant] = field(default_factory=dict)
+    weight_quantizers: dict[str, QParams] = field(default_factory=dict)
+    kept_fp: list[str] = field(default_factory=list)
+
+    def __call__(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.model(*args, **kwargs)
+
+    def set_enabled(self, enabled: bool) -> None:
+        for q in self.act_quantizers.values():
+            q.mode = "quant" if enabled else "off"
+        for m in self.model.modules():
+            if isinstance(m, QuantWeight):
+                m.enabled = enabled
+
+    def quantizers_json(self) -> dict:
+        return {"activations": {k: {**q.qparams.to_json(), "roles": sorted(q.roles)}
+                                for k, q in self.act_quantizers.items()},
+                "weights": {k: qp.to_json() for k, qp in self.weight_quantizers.items()}}
+
+
+# ----------------------------------------------------------------------------- capture + placement
+def _is_pass(gm: fx.GraphModule, n: fx.Node) -> bool:
+    if n.op == "call_method" and n.target in PASS_METHODS:
+        return True
+    if n.op == "call_function" and n.target in PASS_FUNCS:
+        return True
+    return n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Identity, nn.Dropout, nn.Flatten))
+
+
+def _source(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
+    while _is_pass(gm, n) and len(n.users) == 1 and n.args and isinstance(n.args[0], fx.Node):
+        n = n.args[0]
+    return n
+
+
+def _is_const(gm, n) -> bool:
+    if not isinstance(n, fx.Node):
+        return True
+    if n.op == "get_attr":
+        return True
+    if _is_pass(gm, n) and n.args and isinstance(n.args[0], fx.Node):
+        return _is_const(gm, n.args[0])
+    return False
+
+
+def _fold_forward(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
+    """Walk past ops the ONNX graph folds into a Conv's output (ReLU, BN, layer-scale multiply)."""
+    while len(n.users) == 1:
+        u = next(iter(n.users))
+        if u.op == "call_module" and isinstance(gm.get_submodule(u.target), FOLDABLE_AFTER):
+            n = u
+        elif u.op == "call_function" and u.target in (F.relu, torch.relu, F.batch_norm):
+            n = u
+        elif u.op == "call_function" and u.target in (operator.mul, torch.mul) and \
+                any(_is_const(gm, a) for a in u.args if a is not n):
+            n = u
+        else:
+            break
+    return n
+
+
+def _module_name(n: fx.Node) -> str:
+    return str(n.target) if n.op == "call_module" else n.name
+
+
+def _users_forward(gm, n: fx.Node) -> list[fx.Node]:
+    out = []
+    for u in n.users:
+        out.extend(_users_forward(gm, u) if _is_pass(gm, u) else [u])
+    return out
+
+
+def place(gm: fx.GraphModule, keep_fp: list[str] = (), norm_inputs: bool = False
+          ) -> tuple[dict[fx.Node, set[str]], list[str], list[str]]:
+    """Sites (node -> roles), quantized weighted modules, kept-fp layers."""
+    from edgeforge.errors import BadInput
+
+    sites: dict[fx.Node, set[str]] = {}
+    weighted, kept, compute = [], [], set()
+    unmatched = set(keep_fp)
+
+    def add(n, role):
+        if isinstance(n, fx.Node) and not _is_const(gm, n):
+            sites.setdefault(n, set()).add(role)
+
+    for n in list(gm.graph.nodes):
+        is_w = n.op == "call_module" and isinstance(gm.get_submodule(n.target), WEIGHTED)
+        is_mm = n.op == "call_function" and n.target in MATMULS
+        if not (is_w or is_mm):
+            continue
+        name = _module_name(n)
+        hits = [p for p in keep_fp if name == p or name.startswith(p + ".")]
+        if hits:
+            kept.append(name)
+            unmatched -= set(hits)
+            continue
+        compute.add(n)
+        for a in (n.args[:1] if is_w else n.args[:2]):
+            add(_source(gm, a), "input")
+        if is_w:
+            weighted.append(n.target)
+            if isinstance(gm.get_submodule(n.target), (nn.Conv1d, nn.Conv2d)):
+                add(_fold_forward(gm, n), "output")
+    if unmatched:
+        raise BadInput(f"--keep-fp {', '.join(sorted(unmatched))}: no Conv/Linear/matmul module matches "
+                       f"(module paths such as {', '.join(weighted[:4])})")
+    changed = True
+    while changed:
+        changed = False
+        for n in gm.graph.nodes:
+            if n in compute:
+                continue
+            is_add = n.op == "call_function" and n.target in ADDS and len(n.args) >= 2 and \
+                all(isinstance(a, fx.Node) and not _is_const(gm, a) for a in n.args[:2])
+            is_pool = (n.op == "call_module" and isinstance(gm.get_submodule(n.target), POOLS)) or \
+                (n.op == "call_function" and n.target in (F.avg_pool2d, F.adaptive_avg_pool2d, F.max_pool2d))
+            if not (is_add or is_pool):
+                continue
+            if not any(u in compute for u in _users_forward(gm, n)):
+                continue
+            for a in (n.args[:2] if is_add else n.args[:1]):
+                add(_source(gm, a), "chain")
+            add(n, "chain")
+            compute.add(n)
+            changed = True
+    if norm_inputs:
+        for n in gm.graph.nodes:
+            if (n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.LayerNorm)) or \
+                    (n.op == "call_function" and n.target is F.layer_norm):
+                add(_source(gm, n.args[0]), "norm")
+    return sites, weighted, kept
+
+
+def _is_softmax(n: fx.Node) -> bool:
+    return (n.op == "call_method" and n.target == "softmax") or \
+        (n.op == "call_function" and n.target in (F.softmax, torch.softmax)) or \
+        (n.op == "call_module" and n.target.endswith("softmax"))
+
+
+# ----------------------------------------------------------------------------- entry point
+@torch.no_grad()
+def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8", target: str | None = None,
+             keep_fp: list[str] = (), norm_inputs: bool = False, softmax_quantizer: str = "uniform",
+             example_inputs: tuple | None = None, input_spec=None, num_samples: int | None = None,
+             batch: int = 8, act_scheme: str = "auto", fold_bn: bool = True, console=None,
+             show_progress: bool = False) -> QuantizedModule:
+    """Quantize a torch model with a calibration set.
+
+    `calib`: an array/tensor of preprocessed samples (N, ...), or a calibration-set name/path
+    (then `input_spec`, a recipe InputSpec, says how to preprocess). Returns the simulation.
+    """
+    from edgeforge.errors import BadInput
+    from edgeforge.quant.calibrate import progress
+
+    if isinstance(calib, (np.ndarray, torch.Tensor)):
+        x = torch.as_tensor(np.asarray(calib), dtype=torch.float32)
+    else:
+        if input_spec is None:
+            raise BadInput("quantize(model, calib=NAME) needs input_spec (a recipe InputSpec) to preprocess")
+        from edgeforge.data.calib import load_calib
+
+        x = torch.from_numpy(load_calib(calib, input_spec, num_samples).x)
+    if num_samples:
+        x = x[:num_samples]
+    scheme = resolve(bits, target, method, act_scheme)
+    model = copy.deepcopy(model).eval()
+    if fold_bn:
+        from edgeforge.export.transforms import apply_transforms
+
+        apply_transforms(model, ["fold_bn"], example_inputs or (x[:1],), tol=1e-4)
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - report what failed, with the way out
+        raise BadInput(f"torch.fx cannot capture {type(model).__name__} ({type(e).__name__}: {e}); quantize its "
+                       "exported ONNX instead (`edgeforge quantize ARTIFACT`)") from e
+    sites, weighted, kept = place(gm, list(keep_fp), norm_inputs)
+    act: dict[str, ActQuant] = {}
+    for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
+        name = f"_q{i}_{n.name}"
+        q = ActQuant(n.name, roles, method)
+        if softmax_quantizer != "uniform" and _is_softmax(n):
+            q.roles.add(softmax_quantizer)
+        gm.add_submodule(name, q)
+        with gm.graph.inserting_after(n):
+            qn = gm.graph.call_module(name, (n,))
+        n.replace_all_uses_with(qn, delete_user_cb=lambda u: u is not qn)
+        act[n.name] = q
+    wq: dict[str, QParams] = {}
+    for target_name in weighted:
+        mod = gm.get_submodule(target_name)
+        axis = 0 if scheme.weight_per_channel else None
+        wobs = "mse" if method == "mse" or scheme.weight_bits < 8 else "minmax"
+        qp = weight_params(mod.weight.detach().cpu().numpy(), scheme.weight_bits, wobs, axis)
+        wq[target_name] = qp
+        parent, _, child = target_name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, child, QuantWeight(mod, qp))
+    gm.recompile()
+    # calibrate
+    with progress(f"calibrating torch simulation ({method})", len(x), console, show_progress) as advance:
+        for i in range(0, len(x), batch):
+            gm(x[i:i + batch])
+            advance(len(x[i:i + batch]))
+    for q in act.values():
+        if softmax_quantizer in q.roles:
+            q.qparams = log_params(max(q.observer.max, 1e-8), scheme.act_bits, softmax_quantizer, method)
+        else:
+            qp = q.observer.params(scheme.act_bits, scheme.act_symmetric, scheme.act_signed)
+            q.qparams = convert_for_target(qp, scheme, f"activation {q.site}")
+        q.mode = "quant"
+    return QuantizedModule(gm, scheme, method, act, wq, kept)

@@ -1,0 +1,59 @@
+"""Python API: edgeforge.quant.quantize(model, calib) on a torch module (FX capture, simulation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from test_quant_support import calib_x, export_onnx, tiny_model
+
+from edgeforge.errors import BadInput
+from edgeforge.quant import quantize
+from edgeforge.quant.calibrate import run_outputs
+from edgeforge.quant.engine import quantize_onnx
+from edgeforge.quant.quantizers import cosine
+from edgeforge.quant.scheme import resolve
+
+
+def test_simulation_matches_qdq_export(tmp_path):
+    x = calib_x(24)
+    model = tiny_model()
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    sim = quantize(model, x[:8], "minmax")
+    roles = sorted(r for q in sim.act_quantizers.values() for r in q.roles)
+    assert roles.count("input") >= 8 and "chain" in roles and "output" in roles
+    assert all(qp.per_channel for qp in sim.weight_quantizers.values())
+    s = sim(torch.from_numpy(x)).numpy()
+    # the original model is untouched (BN folded in a copy)
+    assert np.allclose(model(torch.from_numpy(x)).detach().numpy(), ref)
+    q = quantize_onnx(onnx.load(str(export_onnx(tiny_model(), tmp_path / "m.onnx"))), x[:8], "minmax",
+                      resolve("w8a8"), show_progress=False)
+    assert len(q.act_q) == len(sim.act_quantizers)  # same placement rules on both sides
+    o = run_outputs(q.model, x, ["logits"])["logits"]
+    assert cosine(s, o) > 0.9995 and cosine(ref, s) > 0.99
+    sim.set_enabled(False)
+    assert np.allclose(sim(torch.from_numpy(x)).numpy(), ref, atol=1e-4)
+
+
+def test_options_log_softmax_keep_fp_and_bad_models():
+    x = calib_x(8)
+    model = tiny_model()
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    lg = quantize(model, x, "percentile", bits="w8a8", softmax_quantizer="logsqrt2")
+    kinds = {q.qparams.kind for q in lg.act_quantizers.values()}
+    assert "logsqrt2" in kinds
+    assert cosine(ref, lg(torch.from_numpy(x)).numpy()) > 0.98
+    kept = quantize(model, x, "minmax", bits="w4a4", keep_fp=["head"])
+    assert kept.kept_fp == ["head"] and "head" not in kept.weight_quantizers
+    with pytest.raises(BadInput, match="no Conv/Linear/matmul"):
+        quantize(model, x, "minmax", keep_fp=["nothing.here"])
+    with pytest.raises(BadInput, match="input_spec"):
+        quantize(model, "natural")
+
+    class Dynamic(torch.nn.Module):
+        def forward(self, t):
+            return t * 2 if t.sum() > 0 else t  # data-dependent control flow: FX cannot capture
+
+    with pytest.raises(BadInput, match="torch.fx cannot capture"):
+        quantize(Dynamic(), x, fold_bn=False)
