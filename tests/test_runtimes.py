@@ -122,6 +122,17 @@ def test_missing_ort_provider_is_not_available(tiny_art):  # noqa: F811
     assert "TensorrtExecutionProvider" in probe_runtime("onnxruntime", {"provider": "tensorrt"})
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_ort_gpu_providers_match_cpu(tiny_art, provider):  # noqa: F811
+    if (why := probe_runtime("onnxruntime", {"provider": provider})) is not None:
+        pytest.skip(f"ONNX Runtime {provider} EP not runnable here: {why}")
+    with create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", provider=provider) as gpu, \
+            create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as cpu:
+        assert gpu.info().options["providers_active"][0] != "CPUExecutionProvider"
+        np.testing.assert_allclose(gpu.infer(_feed())["logits"], cpu.infer(_feed())["logits"], rtol=1e-3, atol=1e-3)
+
+
 def _custom_op_model(path):
     import onnx
     from onnx import TensorProto, helper

@@ -55,7 +55,8 @@ def summary_rows(reports: Sequence[Report]) -> list[dict[str, str]]:
             "p50 ms": _ms(L.p50), "p90 ms": _ms(L.p90), "p99 ms": _ms(L.p99), "noise": f"±{L.noise_pct:.1f}%",
             "throughput/s": f"{L.throughput_per_s:.1f}", "top-1": acc, "vs FP32": ", ".join(vs) or "-",
             "% of peak": _pct(100 * e.fraction_of_peak if e and e.fraction_of_peak is not None else None),
-            "note": "; ".join(r.warnings),
+            "note": "; ".join([f"noisy: CV {L.cv:.0%}"] * L.noisy
+                              + [w for w in r.warnings if not w.startswith("noisy run")]),
         })
     return rows
 
