@@ -170,9 +170,11 @@ def compile_(artifact, target, precision, force) -> None:
               help="Calls per block; compared models alternate by block.")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="Runtime threads (default: the target's).")
 @click.option("--no-baseline", is_flag=True, help="Do not measure FP32 alongside an INT8 model.")
+@click.option("--vs", "vs", multiple=True, metavar="TARGET[:PRECISION]",
+              help="Also bench this subject in the same run, alternating blocks (e.g. --vs cpu-openvino).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
 def bench(artifact, target, precision, eval_dataset, eval_limit, device_url, iterations, min_time, warmup,
-          block_size, threads, no_baseline, seed) -> None:
+          block_size, threads, no_baseline, vs, seed) -> None:
     """Measure latency (and accuracy with --eval) of ARTIFACT on a target; write a report.
 
     Writes ARTIFACT/reports/<target>-<precision>.{json,md,html}. A target that cannot be
@@ -185,10 +187,11 @@ def bench(artifact, target, precision, eval_dataset, eval_limit, device_url, ite
     settings = Settings(warmup=warmup, iterations=iterations, min_time_s=min_time, block_size=block_size)
     result = bench_artifact(artifact, target, precision, eval_dataset=eval_dataset, eval_limit=eval_limit,
                             device_url=device_url, settings=settings, threads=threads, baseline=not no_baseline,
-                            seed=seed, argv=_command_line())
-    print_report(result.report, console)
-    for kind, path in result.paths.items():
-        console.print(f"{kind}: {path}")
+                            seed=seed, argv=_command_line(), vs=vs)
+    for r in [result, *result.others]:
+        print_report(r.report, console)
+        for kind, path in r.paths.items():
+            console.print(f"{kind}: {path}")
 
 
 @cli.group()

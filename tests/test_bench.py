@@ -155,7 +155,7 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: 
                           threads=1)
     r = int8.report
     _check_report(r, target, "int8-ort")
-    assert r.latency.interleaved_with == ["fp32"] and r.baseline.precision == "fp32" and r.baseline.speedup > 0
+    assert r.latency.interleaved_with == [f"{target}/fp32"] and r.baseline.precision == "fp32" and r.baseline.speedup > 0
     assert r.accuracy.agreement_top1 is not None and r.accuracy.sqnr_db is not None
     assert r.model.quant["qdq"]["weights_per_channel"] > 0
     for kind in ("json", "md", "html"):
@@ -164,6 +164,25 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: 
     assert "<svg" in int8.paths["html"].read_text() and "p50" in int8.paths["md"].read_text()
     index = int8.paths["index"].read_text()  # every report of the artifact on one page
     assert 'data-plot="accuracy-vs-latency"' in index and index.count('data-plot="latency-histogram"') == 2
+
+
+def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):  # noqa: F811
+    from edgeforge.bench.run import bench_artifact
+
+    res = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1, vs=["cpu-openvino", "rpi5-ort:fp32"])
+    ort, (ov, rpi) = res.report, [o.report for o in res.others]
+    assert ort.target.name == "cpu-ort" and ov.target.name == "cpu-openvino" and ov.model.precision == "int8-ort"
+    # All local subjects (and each INT8 subject's FP32 baseline) alternate blocks in one run.
+    assert set(ort.latency.interleaved_with) == {"cpu-ort/fp32", "cpu-openvino/int8-ort", "cpu-openvino/fp32"}
+    assert ort.latency.blocks == ov.latency.blocks and ov.baseline.speedup > 0
+    assert rpi.status == "not_measured"
+    assert (tiny_art_rw / "reports" / "cpu-openvino-int8-ort.json").is_file()
+    code, out, err = run_cli("bench", tiny_art_rw, "--iterations", "10", "--min-time", "0", "--warmup", "1",
+                             "--block-size", "5", "--threads", "1", "--vs", "cpu-openvino")
+    assert code == 0, err
+    assert "fp32 @ cpu-openvino" in out and "fp32 @ cpu-ort" in out
+    code, out, err = run_cli("bench", tiny_art_rw, "--vs", "cpu-ort")
+    assert code == 2 and "repeats" in err
 
 
 def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):  # noqa: F811

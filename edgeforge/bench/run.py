@@ -47,6 +47,7 @@ class ModelFile:
 class BenchResult:
     report: Any  # edgeforge.report.schema.Report
     paths: dict[str, Path] = field(default_factory=dict)
+    others: list["BenchResult"] = field(default_factory=list)  # the --vs subjects' results
 
 
 def _check_precision_name(precision: str) -> None:
@@ -169,6 +170,33 @@ def _load(runner: Runner, feed: Mapping) -> tuple[dict, float, float]:
     return memory, load_s * 1e3, first_ms
 
 
+@dataclass
+class _Subject:
+    """One (target, precision) measured in a bench run."""
+
+    target: targets.Target
+    precision: str
+    model: ModelFile
+    quant: dict | None
+    how: str
+    reachable: bool
+    reported: bool = True  # False: an FP32 baseline folded into another subject's report
+    baseline: "_Subject | None" = None
+    runner: Runner | None = None
+    memory: dict | None = None
+    cold_ms: float | None = None
+    first_ms: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.target.name}/{self.precision}"
+
+
+def _parse_vs(item: str, precision: str) -> tuple[str, str]:
+    name, _, prec = item.partition(":")
+    return name, prec or precision
+
+
 def bench_artifact(
     artifact: str | os.PathLike,
     target: str = targets.DEFAULT_TARGET,
@@ -182,98 +210,154 @@ def bench_artifact(
     seed: int = 0,
     argv: list[str] | None = None,
     write: bool = True,
+    vs: list[str] | tuple[str, ...] = (),
 ) -> BenchResult:
-    """Bench `artifact` at `precision` on `target`; write ART/reports/<target>-<precision>.* when `write`."""
-    from edgeforge.report.io import write_index, write_report
-    from edgeforge.report.schema import Report
+    """Bench `artifact` at `precision` on `target`; write ART/reports/<target>-<precision>.* when `write`.
 
+    `vs` adds other "TARGET[:PRECISION]" subjects (e.g. the same model on another runtime): all
+    local subjects are timed in alternating blocks in one run, and each gets its own report
+    (`BenchResult.others`). An INT8 subject is also timed against its target's FP32 model.
+    """
     art = Path(artifact)
     if not art.is_dir():
         raise BadInput(f"{art}: no such artifact directory (make one with `edgeforge export RECIPE --out {art}`)")
-    tgt = targets.load(target)
     settings = settings or lat.Settings()
-    manifest = Manifest(art)
-    export = manifest.step("export")
-    model = resolve_model(art, tgt, precision)
-    quant = _quant_info(art, model, tgt)
+    export = Manifest(art).step("export")
     common = dict(created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), edgeforge_version=__version__,
                   command=shlex.join(argv) if argv else None, host=_host(), settings=settings.to_dict())
-    reachable, how = targets.reachability(tgt, device_url)
-    if not reachable:
-        report = Report(status="not_measured", reason=how, model=_model_info(art, model, export, quant),
-                        target=_target_info(tgt, f"not reached: {how}"), **common)
-        paths = write_report(report, art / "reports") if write else {}
-        if write:
-            paths["index"] = write_index(art / "reports")
-        return BenchResult(report, paths)
 
+    def subject(target_name: str, prec: str) -> _Subject:
+        tgt = targets.load(target_name)
+        model = resolve_model(art, tgt, prec)
+        quant = _quant_info(art, model, tgt)
+        ok, how = targets.reachability(tgt, device_url)
+        return _Subject(tgt, prec, model, quant, how, ok)
+
+    subjects = [subject(target, precision)] + [subject(*_parse_vs(v, precision)) for v in vs]
+    keys = [s.key for s in subjects]
+    if len(set(keys)) != len(keys):
+        raise BadInput(f"--vs repeats a subject: {keys}")
+    for s in subjects:
+        if s.reachable and baseline and s.precision != "fp32" and "fp32" in s.target.precisions \
+                and s.target.compile != "mlpackage":
+            try:
+                s.baseline = _Subject(s.target, "fp32", resolve_model(art, s.target, "fp32"), None, s.how, True,
+                                      reported=False)
+            except BadInput:
+                s.baseline = None
+    measured = [s for s in subjects if s.reachable]
+    timed = [x for s in measured for x in (s, s.baseline) if x is not None]
     input_spec = recipe_input(export)
-    runner = make_runner(tgt, model, device_url, threads, name=precision)
-    base_model = None
-    if baseline and precision != "fp32" and "fp32" in tgt.precisions and tgt.compile != "mlpackage":
-        try:
-            base_model = resolve_model(art, tgt, "fp32")
-        except BadInput:
-            base_model = None
-    base_runner = make_runner(tgt, base_model, device_url, threads, name="fp32") if base_model else None
-    warnings: list[str] = []
+    results: dict[str, Any] = {}
     try:
-        specs = specs_from_manifest(export)
-        feed = None
-        if specs:
-            feed = make_feed(specs, input_spec, batch=1, seed=seed)
-        memory, cold_ms, first_ms = _load(runner, feed) if feed else _load_discovering(runner, input_spec, seed)
-        if feed is None:
-            feed = make_feed(runner.input_specs(), input_spec, seed=seed)
-        batch = runner.input_specs()[0].concrete_shape(1)[0] if runner.input_specs() else 1
-        if base_runner is not None:
-            base_runner.activate()
-        device = runner.device_latency(feed, settings.warmup, settings.iterations, settings.min_time_s, seed)
-        if device is not None:
-            samples = {precision: lat.samples_from_device(device, settings)}
-            if base_runner is not None:
-                warnings.append("on-device runs are not interleaved with the FP32 baseline; speed-up not stated")
-        else:
-            runners = {precision: runner, **({"fp32": base_runner} if base_runner else {})}
-            feeds = {name: feed for name in runners}
-            samples = lat.measure(runners, feeds, settings)
-        latency = lat.summarize(samples[precision], batch=batch)
-        latency.update(warmup=settings.warmup, cold_load_ms=cold_ms, first_inference_ms=first_ms)
-        if (w := lat.noise_warning(latency)):
-            warnings.append(w)
-        base = None
-        if base_runner is not None and "fp32" in samples:
-            b = lat.summarize(samples["fp32"], batch=batch)
-            base = {"precision": "fp32", "path": str(base_model.path), "p50": b["p50"], "noise_pct": b["noise_pct"],
-                    "speedup": b["p50"] / latency["p50"]}
-        accuracy = None
-        if eval_dataset is not None:
-            main = input_spec.get("name") or runner.input_specs()[0].name
-            evalset = acc.load_eval_set(eval_dataset, input_spec or {"shape": list(runner.input_specs()[0].shape[1:])},
-                                        eval_limit)
-            accuracy = acc.evaluate(runner, evalset, feed, main, reference=base_runner,
-                                    reference_name=f"fp32 ({tgt.name})" if base_runner else None)
-        info = runner.info()
+        feed = make_feed(specs_from_manifest(export), input_spec, seed=seed) if specs_from_manifest(export) else None
+        for s in timed:
+            s.runner = make_runner(s.target, s.model, device_url, threads, name=s.key)
+            if feed is None:
+                s.memory, s.cold_ms, s.first_ms = _load_discovering(s.runner, input_spec, seed)
+                feed = make_feed(s.runner.input_specs(), input_spec, seed=seed)
+            else:
+                s.memory, s.cold_ms, s.first_ms = _load(s.runner, feed)
+        samples, warnings = _time_subjects(timed, feed, settings, seed)
+        evalset = None
+        for s in measured:
+            batch = s.runner.input_specs()[0].concrete_shape(1)[0] if s.runner.input_specs() else 1
+            accuracy = None
+            if eval_dataset is not None:
+                main = input_spec.get("name") or s.runner.input_specs()[0].name
+                if evalset is None:
+                    evalset = acc.load_eval_set(
+                        eval_dataset, input_spec or {"shape": list(s.runner.input_specs()[0].shape[1:])}, eval_limit)
+                ref = s.baseline.runner if s.baseline else None
+                accuracy = acc.evaluate(s.runner, evalset, feed, main, reference=ref,
+                                        reference_name=f"fp32 ({s.target.name})" if ref else None)
+            results[s.key] = (batch, accuracy, s.runner.info())
     finally:
-        runner.deactivate()
-        if base_runner is not None:
-            base_runner.deactivate()
-    mi = _model_info(art, model, export, quant)
-    report = Report(
-        status="measured", model=mi, target=_target_info(tgt, how),
+        for s in timed:
+            if s.runner is not None:
+                s.runner.deactivate()
+
+    out: list[BenchResult] = []
+    for s in subjects:
+        if not s.reachable:
+            report = _not_measured(art, s, export, common)
+        else:
+            batch, accuracy, info = results[s.key]
+            report = _measured(art, s, export, common, samples, batch, accuracy, info, warnings.get(s.key, []),
+                               settings)
+        paths = _write(art, s, report, common) if write else {}
+        out.append(BenchResult(report, paths))
+    main = out[0]
+    main.others = out[1:]
+    return main
+
+
+def _time_subjects(timed: list[_Subject], feed: Mapping, settings: lat.Settings,
+                   seed: int) -> tuple[dict[str, lat.Samples], dict[str, list[str]]]:
+    """Device-measured subjects (agents) each on their device; local ones in alternating blocks."""
+    samples: dict[str, lat.Samples] = {}
+    warnings: dict[str, list[str]] = {}
+    local = {}
+    for s in timed:
+        device = s.runner.device_latency(feed, settings.warmup, settings.iterations, settings.min_time_s, seed)
+        if device is not None:
+            samples[s.key] = lat.samples_from_device(device, settings)
+            if len(timed) > 1:
+                warnings.setdefault(s.key, []).append(
+                    "measured on its device, not interleaved with the other subjects of this run")
+        else:
+            local[s.key] = s.runner
+    if local:
+        samples.update(lat.measure(local, {k: feed for k in local}, settings))
+    return samples, warnings
+
+
+def _not_measured(art: Path, s: _Subject, export: Mapping | None, common: dict):
+    from edgeforge.report.schema import Report
+
+    return Report(status="not_measured", reason=s.how, model=_model_info(art, s.model, export, s.quant),
+                  target=_target_info(s.target, f"not reached: {s.how}"), **common)
+
+
+def _measured(art: Path, s: _Subject, export: Mapping | None, common: dict, samples: dict, batch: int,
+              accuracy: dict | None, info: Any, warnings: list[str], settings: lat.Settings):
+    from edgeforge.report.schema import Report
+
+    latency = lat.summarize(samples[s.key], batch=batch)
+    latency.update(warmup=settings.warmup, cold_load_ms=s.cold_ms, first_inference_ms=s.first_ms)
+    warnings = list(warnings)
+    if (w := lat.noise_warning(latency)):
+        warnings.append(w)
+    base = None
+    if s.baseline is not None and s.baseline.key in samples:
+        b = lat.summarize(samples[s.baseline.key], batch=batch)
+        base = {"precision": "fp32", "path": str(s.baseline.model.path), "p50": b["p50"], "noise_pct": b["noise_pct"],
+                "speedup": b["p50"] / latency["p50"]}
+        if samples[s.baseline.key].measured_on != samples[s.key].measured_on or \
+                s.baseline.key not in latency["interleaved_with"]:
+            base = None
+            warnings.append("the FP32 baseline was not interleaved with this model; speed-up not stated")
+    mi = _model_info(art, s.model, export, s.quant)
+    return Report(
+        status="measured", model=mi, target=_target_info(s.target, s.how),
         runtime={"runtime": info.runtime, "version": info.version, "device": info.device,
                  "options": info.options, "versions": info.versions},
-        latency=latency, memory=memory,
-        efficiency=_efficiency(tgt, precision, mi["macs"], batch, latency["p50"], mi["size_bytes"]),
+        latency=latency, memory=s.memory,
+        efficiency=_efficiency(s.target, s.precision, mi["macs"], batch, latency["p50"], mi["size_bytes"]),
         accuracy=accuracy, baseline=base, warnings=warnings, **common,
     )
-    paths = write_report(report, art / "reports") if write else {}
-    if write:
-        paths["index"] = write_index(art / "reports")
-        Manifest(art).record(f"bench/{tgt.name}/{precision}",
-                             {"command": common["command"], "p50_ms": latency["p50"], "status": "measured"},
+
+
+def _write(art: Path, s: _Subject, report: Any, common: dict) -> dict[str, Path]:
+    from edgeforge.report.io import write_index, write_report
+
+    paths = write_report(report, art / "reports")
+    paths["index"] = write_index(art / "reports")
+    if report.status == "measured":
+        Manifest(art).record(f"bench/{s.target.name}/{s.precision}",
+                             {"command": common["command"], "p50_ms": report.latency.p50, "status": "measured"},
                              files=[paths["json"]])
-    return BenchResult(report, paths)
+    return paths
 
 
 def _load_discovering(runner: Runner, input_spec: Mapping, seed: int) -> tuple[dict, float, float]:
