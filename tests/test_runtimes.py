@@ -166,6 +166,36 @@ def test_custom_op_library_registered_only_when_needed(tiny_art, tmp_path):  # n
         assert lib  # edgeforge.ops.native found and registered the library
 
 
+def test_ort_runner_runs_plugin_mode_custom_ops(tmp_path):
+    """A model exported with edgeforge:: nodes runs in the ORT runner, which registers the library."""
+    import torch
+
+    from edgeforge import ops
+    from edgeforge.ops import native
+
+    if native.ort_library_path() is None:
+        pytest.skip("the edgeforge ONNX Runtime library is not built (make plugins)")
+
+    class Scan(torch.nn.Module):
+        def forward(self, x):
+            a = torch.sigmoid(x)
+            h, last = ops.linear_scan(a, (1 - a) * x)
+            return h, last
+
+    x = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "scan.onnx"
+    with ops.export_mode("plugin"):
+        torch.onnx.export(Scan(), (x,), str(path), dynamo=False, opset_version=17, custom_opsets=ops.CUSTOM_OPSETS,
+                          input_names=["x"], output_names=["h", "h_last"])
+    with create_runner("onnxruntime", path, threads=1) as r:
+        out = r.infer({"x": x.numpy()})
+        assert r.info().options["custom_op_library"].endswith(".so")
+    with torch.no_grad():
+        ref = Scan()(x)
+    np.testing.assert_allclose(out["h"], ref[0].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["h_last"], ref[1].numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_runtimes_targets_latency_import_and_run_without_torch(tiny_art, tmp_path):  # noqa: F811
     """A device has only its runtime: these modules import, and a whole bench runs, with torch blocked."""
     code = textwrap.dedent(f"""

@@ -59,14 +59,19 @@ def register_custom_ops(sess_options: Any, model_path: str | os.PathLike) -> str
             f"{model_path} uses {CUSTOM_DOMAIN}:: custom ops, but edgeforge.ops.native is not available "
             f"({e}); export with `--custom-ops decompose` to run without the plugin library"
         ) from e
+    hint = "Run `edgeforge plugins build` (or `make plugins`), or export with `--custom-ops decompose`."
     try:
-        lib = native.register_ort(sess_options)
-    except Exception as e:  # the library is missing or not built for this platform
+        registered = native.register_ort(sess_options)  # False when the library is not built
+    except Exception as e:  # built for another platform or ONNX Runtime version
         raise NotAvailable(
             f"{model_path} uses {CUSTOM_DOMAIN}:: custom ops and the edgeforge ONNX Runtime library could not "
-            f"be registered: {e}. Run `edgeforge plugins build`, or export with `--custom-ops decompose`."
+            f"be registered: {e}. {hint}"
         ) from e
-    return str(lib) if lib is not None else "registered"
+    if not registered:
+        raise NotAvailable(f"{model_path} uses {CUSTOM_DOMAIN}:: custom ops and the edgeforge ONNX Runtime "
+                           f"library is not built. {hint}")
+    path = getattr(native, "ort_library_path", lambda: None)()
+    return str(path) if path else "registered"
 
 
 class OnnxRuntimeRunner(Runner):

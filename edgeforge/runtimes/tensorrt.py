@@ -48,7 +48,7 @@ def plugin_library_path() -> Path | None:
         from edgeforge.ops import native
     except ImportError:
         return None
-    finder = getattr(native, "tensorrt_plugin_path", None)
+    finder = getattr(native, "trt_plugin_library_path", None) or getattr(native, "tensorrt_plugin_path", None)
     if finder is None:
         return None
     try:
