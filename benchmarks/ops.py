@@ -1,0 +1,182 @@
+"""ONNX Runtime CPU latency of the custom ops: the edgeforge custom-op kernel vs the standard-ONNX
+decompositions vs the torch reference. Writes benchmarks/results/ops.json.
+
+    .venv/bin/python benchmarks/ops.py [--threads 2] [--rounds 15] [--out benchmarks/results/ops.json]
+
+LinearScan: B 1, C 768, T in 8/16/32/64; decompositions unrolled, parallel (cumsum + masked
+exp + MatMul) and Loop, so that `edgeforge.ops.decompose.BEST_SCAN_FORM` rests on numbers.
+GatedAttention: B 1, H 4, D 32, N = M in 49/196/784, with RMT's constant decay table (bias) and
+with FoX's forget gates (log_f). Contenders alternate in blocks of calls (a runtime's spinning
+threads slow whatever runs right after it) and the median per-call time over blocks is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgeforge.artifacts import write_json_atomic  # noqa: E402
+from edgeforge.ops import build, decompose, native, reference  # noqa: E402
+from edgeforge.ops import implementations as impls  # noqa: E402
+
+
+def _session(model, custom: bool, threads: int):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if custom:
+        native.register_ort(so)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def alternate(contenders: dict, rounds: int, block: int, warmup: int) -> dict:
+    """Median per-call milliseconds of each contender, running them in alternating blocks."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            for _ in range(block):
+                fn()
+            times[name].append((time.perf_counter() - t0) / block * 1e3)
+    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "blocks": len(t)} for name, t in times.items()}
+
+
+def bench_linear_scan(T: int, C: int, threads: int, rounds: int, block: int) -> dict:
+    rng = np.random.default_rng(T)
+    a = rng.uniform(0.5, 1.0, (1, T, C)).astype(np.float32)
+    b = rng.normal(size=(1, T, C)).astype(np.float32)
+    feeds = {"a": a, "b": b}
+    contenders = {}
+    outputs = {}
+    if native.ort_library_path() is not None:
+        s = _session(decompose.linear_scan_model(1, T, C, "plugin"), True, threads)
+        contenders["ort-kernel"] = lambda s=s: s.run(None, feeds)
+        outputs["ort-kernel"] = s.run(None, feeds)[0]
+    for form in decompose.SCAN_FORMS:
+        s = _session(decompose.linear_scan_model(1, T, C, form), False, threads)
+        contenders[f"onnx-{form}"] = lambda s=s: s.run(None, feeds)
+        outputs[f"onnx-{form}"] = s.run(None, feeds)[0]
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+    def run_torch():
+        with torch.inference_mode():
+            return reference.linear_scan(ta, tb)
+
+    contenders["torch-reference"] = run_torch
+    ref = run_torch()[0].numpy()
+    res = alternate(contenders, rounds, block, warmup=block)
+    for name, out in outputs.items():
+        res[name]["max_abs_err_vs_torch"] = float(np.abs(out - ref).max())
+    return res
+
+
+def bench_gated_attention(N: int, kind: str, threads: int, rounds: int, block: int, H: int = 4, D: int = 32) -> dict:
+    rng = np.random.default_rng(N)
+    q, k, v = (rng.normal(size=(1, H, N, D)).astype(np.float32) for _ in range(3))
+    feeds = {"q": q, "k": k, "v": v}
+    bias_shape = None
+    if kind == "bias":
+        side = int(round(N ** 0.5))
+        ys, xs = np.divmod(np.arange(side * side), side)
+        dist = np.abs(ys[:, None] - ys[None]) + np.abs(xs[:, None] - xs[None])
+        gamma = 1 - 2.0 ** -(2 + 6 * np.arange(H) / H)
+        feeds["bias"] = (dist[None] * np.log(gamma)[:, None, None]).astype(np.float32)
+        bias_shape = feeds["bias"].shape
+    else:
+        feeds["log_f"] = np.log(rng.uniform(0.8, 1.0, (1, H, N))).astype(np.float32)
+    scale = 1.0 / D ** 0.5
+    contenders, outputs = {}, {}
+    for name, form, custom in (("ort-kernel", "plugin", True), ("onnx-decompose", "decompose", False)):
+        if custom and native.ort_library_path() is None:
+            continue
+        model = decompose.gated_attention_model(1, H, N, N, D, D, form, bias_shape=bias_shape,
+                                                has_log_f=kind == "log_f", scale=scale)
+        s = _session(model, custom, threads)
+        contenders[name] = lambda s=s: s.run(None, feeds)
+        outputs[name] = s.run(None, feeds)[0]
+    t = {n: torch.from_numpy(x) for n, x in feeds.items()}
+
+    def run_torch():
+        with torch.inference_mode():
+            return reference.gated_attention(t["q"], t["k"], t["v"], t.get("bias"), t.get("log_f"), scale)
+
+    contenders["torch-reference"] = run_torch
+    ref = run_torch().numpy()
+    res = alternate(contenders, rounds, block, warmup=max(2, block // 2))
+    for name, out in outputs.items():
+        res[name]["max_abs_err_vs_torch"] = float(np.abs(out - ref).max())
+    return res
+
+
+def _summarise(results: dict, decomps: list[str]) -> dict:
+    best = min(decomps, key=lambda n: results[n]["median_ms"])
+    out = {"best_decomposition": best, "best_decomposition_ms": results[best]["median_ms"]}
+    if "ort-kernel" in results:
+        out["kernel_ms"] = results["ort-kernel"]["median_ms"]
+        out["kernel_speedup_vs_best_decomposition"] = results[best]["median_ms"] / results["ort-kernel"]["median_ms"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "ops.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rep = build.build(fetch=False)
+    if impls.unavailable("ort-kernel"):
+        print(f"warning: {impls.unavailable('ort-kernel')}; the custom-op kernel is not measured", file=sys.stderr)
+
+    scan = {}
+    for T in (8, 16, 32, 64):
+        r = bench_linear_scan(T, 768, args.threads, args.rounds, block=50)
+        scan[f"T{T}"] = {"B": 1, "T": T, "C": 768, "results": r,
+                         **_summarise(r, [f"onnx-{f}" for f in decompose.SCAN_FORMS])}
+        print(f"LinearScan T={T}: " + ", ".join(f"{n} {v['median_ms']:.4f} ms" for n, v in r.items()), flush=True)
+    attention = {}
+    for kind in ("bias", "log_f"):
+        for N in (49, 196, 784):
+            block = {49: 50, 196: 10, 784: 3}[N]
+            r = bench_gated_attention(N, kind, args.threads, args.rounds, block)
+            attention[f"{kind}-N{N}"] = {"B": 1, "H": 4, "N": N, "M": N, "D": 32, "Dv": 32, "kind": kind,
+                                         "results": r, **_summarise(r, ["onnx-decompose"])}
+            print(f"GatedAttention {kind} N={N}: " + ", ".join(f"{n} {v['median_ms']:.4f} ms" for n, v in r.items()),
+                  flush=True)
+    wins = {}
+    for case in scan.values():
+        wins[case["best_decomposition"]] = wins.get(case["best_decomposition"], 0) + 1
+    doc = {
+        "what": "ONNX Runtime CPU latency (median per call over alternating blocks) of the edgeforge custom-op "
+                "kernel vs the standard-ONNX decompositions vs the eager torch reference",
+        "command": "python benchmarks/ops.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "environment": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                        "python": platform.python_version(), "onnxruntime": ort.__version__,
+                        "torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
+                        "native_build": {k: v.built for k, v in rep.parts.items()}},
+        "linear_scan": scan,
+        "linear_scan_fastest_decomposition_counts": wins,
+        "linear_scan_decomposition_used_for_export": decompose.BEST_SCAN_FORM,
+        "gated_attention": attention,
+    }
+    write_json_atomic(args.out, doc)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
