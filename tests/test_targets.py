@@ -98,3 +98,23 @@ def test_targets_cli(run_cli):
     assert code == 0
     for name in REQUIRED:
         assert name in out
+
+
+def test_uint8_zero_point_128_counts_as_symmetric(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "zp128"),
+             numpy_helper.from_array(np.array(3, np.uint8), "zp3")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp128"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s", "zp128"], ["y1"]),
+             helper.make_node("QuantizeLinear", ["y1", "s", "zp3"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s", "zp3"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "q.onnx"))
+    s = summarize_qdq(tmp_path / "q.onnx")
+    assert s.activations == 2 and s.activation_dtypes == ["uint8"]
+    assert set(s.asymmetric_tensors) == {"y1", "q2"}  # only the zero-point-3 pair

@@ -60,8 +60,13 @@ def summarize_qdq(model_path: str | os.PathLike) -> QdqSummary:
         zp = value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         per_channel = scale is not None and scale.size > 1
         is_weight = node.op_type == "DequantizeLinear" and value(node.input[0]) is not None
-        if zp is not None and np.any(zp.astype(np.int64) != 0):
-            s.asymmetric_tensors.append(node.input[0])
+        # Symmetric means zero-point 0 in int8, or its exact uint8 twin, zero-point 128.
+        if zp is not None:
+            centre = 0 if zp.dtype.kind == "i" else 2 ** (8 * zp.dtype.itemsize - 1)
+            if np.any(zp.astype(np.int64) != centre):
+                s.asymmetric_tensors.append(node.input[0])
+        else:
+            s.asymmetric_tensors.append(node.input[0])  # no zero-point input: uint8 with zero-point 0
         if is_weight:
             s.weights += 1
             s.weights_per_channel += int(per_channel)
