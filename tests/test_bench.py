@@ -15,7 +15,7 @@ from edgeforge.bench.memory import PeakMemory, rss_mb
 from edgeforge.errors import BadInput
 from edgeforge.runtimes import create_runner
 from edgeforge.runtimes.base import TensorSpec
-from test_bench_support import CLASSES, MEAN, SHAPE, STD, tiny_art, tiny_art_rw  # noqa: F401  (fixtures)
+from test_bench_support import MEAN, SHAPE, STD, tiny_art, tiny_art_rw  # noqa: F401  (fixtures)
 
 FAST = lat.Settings(warmup=2, warmup_time_s=0.0, iterations=20, block_size=5)
 
