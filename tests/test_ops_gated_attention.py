@@ -61,7 +61,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("impl", [i for i in impls.ATTENTION_IMPLS if i != "torch"])
+@pytest.mark.parametrize("impl", [pytest.param(i, marks=pytest.mark.gpu) if i == "tensorrt" else i
+                                  for i in impls.ATTENTION_IMPLS if i != "torch"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_gated_attention_parity(impl, name):
     _skip_unless(impl)

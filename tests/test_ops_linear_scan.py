@@ -42,7 +42,8 @@ CASES = [(1, 1, 4, False, False), (2, 1, 3, True, True), (2, 7, 5, False, True),
          (3, 17, 33, True, False), (1, 300, 8, False, True), (1, 300, 8, True, True)]
 
 
-@pytest.mark.parametrize("impl", [i for i in impls.SCAN_IMPLS if i != "torch"])
+@pytest.mark.parametrize("impl", [pytest.param(i, marks=pytest.mark.gpu) if i == "tensorrt" else i
+                                  for i in impls.SCAN_IMPLS if i != "torch"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-T{}-C{}-rev{:d}-h0{:d}".format(*c))
 def test_linear_scan_parity(impl, case):
     _skip_unless(impl)
