@@ -28,8 +28,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -c $(VENV)/torch-constraints.txt -e '.[dev]'
 	touch $@
 
+DEMO_METHOD ?= minmax
+DEMO_TARGET ?= cpu-ort
+
+# The main job on the local default target: export -> quantize -> bench FP32 and INT8 -> report.
 demo: install
 	$(VENV)/bin/edgeforge export $(DEMO_RECIPE) --out $(DEMO_OUT)
+	$(VENV)/bin/edgeforge quantize $(DEMO_OUT) --method $(DEMO_METHOD) --target $(DEMO_TARGET)
+	$(VENV)/bin/edgeforge bench $(DEMO_OUT) --target $(DEMO_TARGET) --precision fp32
+	$(VENV)/bin/edgeforge bench $(DEMO_OUT) --target $(DEMO_TARGET) --precision int8-$(DEMO_METHOD)
+	@echo "HTML report: $(DEMO_OUT)/reports/index.html"
 
 # Native custom ops (plugins/): builds what this machine can (CPU core always; ONNX Runtime kernels
 # and TensorRT plugins when their headers are found or can be fetched into ~/.cache/edgeforge) and
