@@ -13,7 +13,8 @@ namespace {
 
 constexpr int64_t kRows = 32;   // query rows per work item (a multiple of kGroup)
 constexpr int64_t kKeys = 128;  // keys per online-softmax tile (a multiple of kChunk)
-constexpr int kGroup = 4;       // rows per logits / accumulate register tile
+constexpr int kGroup = 4;       // rows per logits register tile
+constexpr int kAccGroup = 8;    // rows per accumulate register tile (a multiple of kGroup)
 constexpr int kChunks = 1;      // 16-key (and 16-column) register tiles per logits/accumulate call
 constexpr int64_t kChunk = 16 * kChunks;
 
@@ -102,12 +103,13 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
         for (int64_t j0 = 0; j0 < keys; j0 += kKeys) {
             const int64_t kb = j0 + kKeys < keys ? kKeys : keys - j0;
             const int64_t kb_pad = (kb + kChunk - 1) / kChunk * kChunk;
-            for (int64_t g = 0; g < rows; g += kGroup) {
+            for (int64_t g = 0; g < rows; g += kAccGroup) {
                 float* sg = sc.data() + g * kKeys;
-                for (int64_t jc = 0; jc < kb_pad; jc += kChunk)
-                    ga_logits_tile<kGroup, kChunks>(q.data() + g * x.D, x.D, kt + j0 + jc, m_pad, x.D, x.scale,
-                                                   sg + jc, kKeys);
-                for (int64_t r = g; r < g + kGroup; ++r) {
+                for (int64_t gl = g; gl < g + kAccGroup && gl < rows; gl += kGroup)
+                    for (int64_t jc = 0; jc < kb_pad; jc += kChunk)
+                        ga_logits_tile<kGroup, kChunks>(q.data() + gl * x.D, x.D, kt + j0 + jc, m_pad, x.D, x.scale,
+                                                       sc.data() + gl * kKeys + jc, kKeys);
+                for (int64_t r = g; r < g + kAccGroup; ++r) {
                     float* sr = sc.data() + r * kKeys;
                     if (r >= rows) {  // padding row: contributes nothing
                         for (int64_t j = 0; j < kb; ++j) sr[j] = 0.0f;
@@ -118,7 +120,8 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
                     ga_add_bias(sr, kb, i, j0, bias_row, bs[3], c.empty() ? nullptr : c.data(), ga_key_limit(s, i));
                     ga_softmax_step(sr, kb, m[r], l[r], acc.data() + r * x.Dv, x.Dv);
                 }
-                ga_accumulate_tile<kGroup, kChunks>(sg, kKeys, kb, v + j0 * x.Dv, x.Dv, x.Dv, acc.data() + g * x.Dv, x.Dv);
+                ga_accumulate_tile<kAccGroup, kChunks>(sg, kKeys, kb, v + j0 * x.Dv, x.Dv, x.Dv, acc.data() + g * x.Dv,
+                                                       x.Dv);
             }
         }
         for (int64_t r = 0; r < rows; ++r)
