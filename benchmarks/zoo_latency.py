@@ -95,7 +95,8 @@ def bench_variants(names: list[str], settings: Settings, threads: int, max_gmacs
             if on_result:
                 on_result(results)
             continue
-        row["export_s"] = round(time.perf_counter() - t0, 1)
+        row["export_s"] = round(time.perf_counter() - t0, 1)  # build + transforms + export + parity
+        row["command"] = " ".join([Path(sys.executable).name, *sys.argv])
         row["parity_rel_err"] = res.entry["parity"].get("rel_err")
         row["onnx_nodes"] = len(onnx.load(str(res.onnx_path), load_external_data=False).graph.node)
         if row["gmacs"] is not None and row["gmacs"] > max_gmacs:
@@ -149,7 +150,7 @@ def bench_keep_ratio(builder: str, settings: Settings, threads: int, workdir: Pa
         }
         print(f"{builder} keep {r}: {keep[key]} tokens, {macs[key] / 1e9:.3f} GMACs ({mac_rel:.2f}x), "
               f"p50 {lat[key]['p50']:.2f} ms ({lat_rel:.2f}x)", flush=True)
-    return {"builder": builder, "ratios": rows,
+    return {"builder": builder, "command": " ".join([Path(sys.executable).name, *sys.argv]), "ratios": rows,
             "note": "latency_rel vs macs_rel: below 1 means the token reduction saves less time than "
                     "MACs (fixed costs: patch embedding, scoring, TopK/Gather, the head, and "
                     "per-op overheads that do not shrink with the token count)"}

@@ -22,6 +22,7 @@ both, Kinetics-400 head by default.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -50,10 +51,13 @@ class TemporalResidual(nn.Module):
 
 
 class TRecViTLayer(nn.Module):
+    """One layer's weights: `temporal` runs over time per token, `spatial` over tokens per frame.
+    The clip and step models apply them in their own layouts, so the layer has no forward."""
+
     def __init__(self, dim, heads, mlp_dim, lru_width, conv_width, min_rad):
         super().__init__()
         self.temporal = TemporalResidual(dim, lru_width, heads, conv_width, min_rad)
-        self.spatial = ViTBlock(dim, heads, mlp_dim / dim, act=lambda: nn.GELU(approximate="tanh"))
+        self.spatial = ViTBlock(dim, heads, mlp_dim / dim, act=partial(nn.GELU, approximate="tanh"))
 
 
 @dataclass(frozen=True)
