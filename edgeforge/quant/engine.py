@@ -63,6 +63,8 @@ def prepare(model: onnx.ModelProto, runtime: str = "onnxruntime") -> tuple[onnx.
               "bypass_identities": placement.bypass_identities(m),
               "fold_channel_scales": placement.fold_channel_scales(m)}
     if runtime == "onnxruntime":
+        # before fuse_gelu: shape inference (which this pass needs) stops at com.microsoft ops
+        passes["matmul_add_to_gemm"] = placement.matmul_add_to_gemm(m)
         passes["fuse_gelu"] = placement.fuse_gelu(m)
     return m, passes
 

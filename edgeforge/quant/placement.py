@@ -243,6 +243,59 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
     return n_fused
 
 
+def matmul_add_to_gemm(model: onnx.ModelProto) -> int:
+    """Linear layers on (B, N, C) tokens: MatMul(x, W) + Add(b) -> Reshape, Gemm(bias), Reshape.
+
+    Same sums. A Gemm with an int32 bias is one fused int8 kernel (QGemm) in ONNX Runtime, while
+    ORT's own MatMul+Add fusion (which runs before its QDQ fusions) leaves a float Gemm that
+    dequantizes its weights on every call. Needs static shapes (the Reshape targets are constants).
+    """
+    idx = GraphIndex(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - without shapes the pass does nothing
+        return 0
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    g = model.graph
+    n_done = 0
+    new_order = []
+    removed = set()
+    for node in g.node:
+        if node.name in removed:
+            continue
+        new_order.append(node)
+        if node.op_type != "MatMul" or node.input[1] not in idx.inits or node.output[0] in idx.graph_outputs:
+            continue
+        w = idx.init_array(node.input[1])
+        xs, ys = shapes.get(node.input[0]), shapes.get(node.output[0])
+        cons = idx.consumers.get(node.output[0], [])
+        if w.ndim != 2 or not xs or not ys or len(xs) < 3 or None in xs or None in ys or len(cons) != 1:
+            continue
+        add = cons[0][0]
+        if add.op_type != "Add":
+            continue
+        b = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if b not in idx.inits or idx.init_array(b).shape != (w.shape[1],):
+            continue
+        base = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
+        s_in, s_out = f"{base}_gemm_in_shape", f"{base}_gemm_out_shape"
+        g.initializer.append(numpy_helper.from_array(np.asarray([-1, w.shape[0]], np.int64), s_in))
+        g.initializer.append(numpy_helper.from_array(np.asarray(ys, np.int64), s_out))
+        x2, y2 = f"{base}_gemm_in", f"{base}_gemm_out"
+        new_order[-1] = onnx.helper.make_node("Reshape", [node.input[0], s_in], [x2], name=f"{base}/GemmReshapeIn")
+        new_order.append(onnx.helper.make_node("Gemm", [x2, node.input[1], b], [y2], name=f"{base}/Gemm"))
+        new_order.append(onnx.helper.make_node("Reshape", [y2, s_out], [add.output[0]], name=f"{base}/GemmReshapeOut"))
+        removed.add(add.name)
+        n_done += 1
+    if n_done:
+        del g.node[:]
+        g.node.extend(new_order)
+    return n_done
+
+
 def fold_channel_scales(model: onnx.ModelProto) -> int:
     """Fold a per-channel constant Mul that follows a Conv (layer scale) into the Conv.
 
@@ -356,8 +409,8 @@ def plan(model: onnx.ModelProto, keep_fp: list[str] = (), norm_inputs: bool = Fa
                 axis = w.ndim - 1
             bias = n.input[2] if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] and \
                 idx.is_const(n.input[2]) else None
-            if bias is not None and len(idx.consumers.get(bias, [])) != 1:
-                bias = None
+            # bias shared between nodes (the exporter dedups equal initializers) is fine: each
+            # node gets its own int32 copy with its own scale
             weights.append(WeightSite(n.name, n.input[w_slot], axis, bias, srcs[0]))
         if n.op_type == "Conv" and n.output[0] not in idx.graph_outputs:
             out = n.output[0]

@@ -91,7 +91,7 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, act_q: dict[str, QParams],
             if bscale.size == 1:
                 bscale = np.full(b.shape, bscale[0])
             bq = np.clip(np.rint(b / bscale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-            bsafe = ws.bias.replace("/", "_").replace(".", "_")
+            bsafe = (ws.node + "_bias").replace("/", "_").replace(".", "_").strip("_")
             new_inits.append(numpy_helper.from_array(bq, f"{bsafe}_quantized"))
             new_inits.append(numpy_helper.from_array(bscale.astype(np.float32), f"{bsafe}_scale"))
             new_inits.append(numpy_helper.from_array(np.zeros(b.shape, np.int32), f"{bsafe}_zero_point"))
