@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from functools import lru_cache
+from pathlib import Path
 
 from edgeforge.errors import NotAvailable
 
@@ -20,10 +21,22 @@ _ATTR_CC_MINOR = 76
 _CANDIDATES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
 
 
+def _pip_cudart() -> list[str]:
+    """libcudart from the nvidia-cuda-runtime wheel that pip-installed TensorRT brings along."""
+    try:
+        import nvidia.cuda_runtime as pkg
+    except ImportError:
+        return []
+    found = []
+    for root in getattr(pkg, "__path__", []):
+        found += sorted(str(p) for p in Path(root, "lib").glob("libcudart.so*"))
+    return found
+
+
 @lru_cache(maxsize=1)
 def cudart() -> ctypes.CDLL:
     """Load libcudart (raises NotAvailable saying what was tried)."""
-    names = [n for n in (ctypes.util.find_library("cudart"),) if n] + list(_CANDIDATES)
+    names = [n for n in (ctypes.util.find_library("cudart"),) if n] + list(_CANDIDATES) + _pip_cudart()
     errors = []
     for name in names:
         try:
