@@ -158,6 +158,8 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: 
     assert r.latency.interleaved_with == [f"{target}/fp32"] and r.baseline.precision == "fp32" and r.baseline.speedup > 0
     assert r.accuracy.agreement_top1 is not None and r.accuracy.sqnr_db is not None
     assert r.model.quant["qdq"]["weights_per_channel"] > 0
+    assert r.model.quant["calibration"] == {"name": "tiny", "count": 8, "hash": "ab" * 8}
+    assert r.model.quant["scheme"]["activations"] == "uint8 asymmetric per-tensor"
     for kind in ("json", "md", "html"):
         assert int8.paths[kind] == tiny_art_rw / "reports" / f"{target}-int8-ort.{kind}"
     assert load_report(int8.paths["json"]).latency.p50 == r.latency.p50

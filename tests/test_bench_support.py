@@ -69,6 +69,14 @@ def build_tiny_artifact(root: Path, quantize: bool = True) -> Path:
     if quantize:
         for name, symmetric in (("int8-ort", False), ("int8-ortsym", True)):
             quantize_with_ort(onnx_path, root / name / "model.onnx", xs[:8], symmetric)
+        # quant.json in the shape `edgeforge quantize` writes (the report keeps its highlights).
+        import json
+
+        (root / "int8-ort" / "quant.json").write_text(json.dumps({
+            "method": "ort", "bits": "w8a8",
+            "scheme": {"target": "cpu-ort", "activations": "uint8 asymmetric per-tensor",
+                       "weights": "int8 symmetric per-channel", "target_constraints": {}},
+            "calibration": {"name": "tiny", "count": 8, "hash": "ab" * 32, "preprocess": {}}}))
     return root
 
 

@@ -393,7 +393,19 @@ def _quant_info(art: Path, model: ModelFile, target: targets.Target) -> dict | N
             q = json.loads(qjson.read_text())
         except json.JSONDecodeError as e:
             raise BadInput(f"{qjson}: not valid JSON: {e}") from e
-        for key in ("method", "bits", "calib", "calibration", "scheme", "num_samples"):
+        # The highlights a report reader needs; quant.json itself keeps everything.
+        for key in ("method", "bits", "num_samples"):
             if key in q:
                 info[key] = q[key]
+        calib = q.get("calibration") or q.get("calib")
+        if isinstance(calib, dict):
+            info["calibration"] = {k: (v[:16] if k == "hash" and isinstance(v, str) else v)
+                                   for k, v in calib.items() if k in ("name", "count", "hash")}
+        elif calib is not None:
+            info["calibration"] = calib
+        scheme = q.get("scheme")
+        if isinstance(scheme, dict):
+            info["scheme"] = {k: scheme[k] for k in ("target", "activations", "weights") if k in scheme}
+        elif scheme is not None:
+            info["scheme"] = scheme
     return info
