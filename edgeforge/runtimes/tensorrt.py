@@ -174,7 +174,7 @@ class TensorRTRunner(Runner):
         self.batch = batch
         self.engine_path: Path | None = None
         self.engine_from_cache = False
-        self._engine = self._context = self._stream = None
+        self._runtime = self._engine = self._context = self._stream = None
         self._buffers: dict[str, _cuda.DeviceBuffer] = {}
         self._host_out: dict[str, np.ndarray] = {}
         self._inputs: list[TensorSpec] = []
@@ -191,8 +191,9 @@ class TensorRTRunner(Runner):
         plugin = Path(self.plugin_library) if self.plugin_library else plugin_library_path()
         logger = _Logger.get(trt)
         _load_plugins(trt, plugin)
-        runtime = trt.Runtime(logger)
-        self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        # The runtime must outlive the engine it deserializes: keep a reference.
+        self._runtime = trt.Runtime(logger)
+        self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise BadInput(f"{self.engine_path}: TensorRT could not deserialize the engine (built by another version or GPU?)")
         self._context = self._engine.create_execution_context()
@@ -223,7 +224,11 @@ class TensorRTRunner(Runner):
         self._buffers.clear()
         if self._stream is not None:
             self._stream.destroy()
-        self._engine = self._context = self._stream = None
+        # Context before engine before runtime: TensorRT objects are released in that order.
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        self._stream = None
         self._inputs, self._outputs = [], []
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
