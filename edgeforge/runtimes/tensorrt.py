@@ -222,6 +222,7 @@ class TensorRTRunner(Runner):
         for buf in self._buffers.values():
             buf.free()
         self._buffers.clear()
+        self._host_out.clear()
         if self._stream is not None:
             self._stream.destroy()
         # Context before engine before runtime: TensorRT objects are released in that order.
