@@ -155,3 +155,4 @@ def test_html_renders_in_headless_chromium(reports, tmp_path):
     # The single-report page from `bench` renders too.
     single = _chromium(reports["cpu-ort-int8-ort"].with_suffix(".html").as_uri(), "--dump-dom")
     assert 'data-ready="1"' in single.stdout and 'data-plot="latency-histogram"' in single.stdout
+    assert single.stdout.count('class="series"') == 2  # INT8 and its alternated FP32 block medians

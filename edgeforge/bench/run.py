@@ -332,7 +332,7 @@ def _measured(art: Path, s: _Subject, export: Mapping | None, common: dict, samp
     if s.baseline is not None and s.baseline.key in samples:
         b = lat.summarize(samples[s.baseline.key], batch=batch)
         base = {"precision": "fp32", "path": str(s.baseline.model.path), "p50": b["p50"], "noise_pct": b["noise_pct"],
-                "speedup": b["p50"] / latency["p50"]}
+                "speedup": b["p50"] / latency["p50"], "block_medians_ms": b["block_medians_ms"]}
         if samples[s.baseline.key].measured_on != samples[s.key].measured_on or \
                 s.baseline.key not in latency["interleaved_with"]:
             base = None

@@ -215,6 +215,8 @@ def to_html(reports: Sequence[Report], title: str = "edgeforge bench report") ->
         if r.status == "measured":
             L = r.latency
             series: dict[str, Any] = {r.model.precision: L.block_medians_ms}
+            if r.baseline is not None and r.baseline.block_medians_ms:
+                series[f"{r.baseline.precision} (alternated)"] = r.baseline.block_medians_ms
             parts.append('<div class="plots">'
                          + plots.latency_histogram(L.samples_ms, f"latency distribution: {r.label}",
                                                    {"p50": L.p50, "p90": L.p90, "p99": L.p99})

@@ -130,6 +130,7 @@ class Baseline(_Model):
     p50: float
     noise_pct: float
     speedup: float  # baseline p50 / this p50
+    block_medians_ms: list[float] = Field(default_factory=list)
 
 
 class Report(_Model):
