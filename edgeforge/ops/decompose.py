@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeforge.ops import schema
 
 SCAN_FORMS = ("unrolled", "parallel", "loop")
-# Fastest form on ONNX Runtime CPU for T in 8..64, C 768 (benchmarks/results/ops.json, "scan_forms").
+# Fastest form on ONNX Runtime CPU for T in 8..64, C 768 (benchmarks/results/ops.json,
+# "linear_scan_fastest_decomposition_counts": unrolled at every T).
 BEST_SCAN_FORM = "unrolled"
 INT64_MIN = np.iinfo(np.int64).min
 
