@@ -39,6 +39,15 @@ def session(model: onnx.ModelProto | str, threads: int = 0, optimize: str = "bas
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False)
+    if any(n.domain == "edgeforge" for n in proto.graph.node):
+        # plugin-mode exports hold edgeforge:: nodes: ORT runs them through our kernel library
+        from edgeforge.errors import NotAvailable
+        from edgeforge.ops.native import register_ort
+
+        if not register_ort(so):
+            raise NotAvailable("this model has edgeforge:: custom ops and their ONNX Runtime library is not "
+                               "built: run `edgeforge plugins build`, or export with --custom-ops decompose")
     src = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 

@@ -46,7 +46,7 @@ def _input_spec(entry: dict):
     return InputSpec(**rec["input"]), rec
 
 
-def eval_split(calib, pre, count: int = 64):
+def eval_split(calib, pre, count: int = 32):
     """The held-out data for accuracy/agreement: digits' eval split, or the same source drawn
     with a different seed (natural crops, clips, a user folder)."""
     from edgeforge.data.calib import CalibDef, Source, load_definition, materialize

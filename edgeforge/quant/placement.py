@@ -100,14 +100,20 @@ class GraphIndex:
                     self.consumers.setdefault(t, []).append((n, i))
         self.graph_outputs = {o.name for o in g.output}
         self.graph_inputs = {i.name for i in g.input if i.name not in self.inits}
-        self.elem_type: dict[str, int] = {}
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model)
-            vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-        except Exception:  # noqa: BLE001 - shape inference is best-effort; unknown types count as float
-            vis = list(g.value_info) + list(g.input) + list(g.output)
-        for vi in vis:
-            self.elem_type[vi.name] = vi.type.tensor_type.elem_type
+        self._elem_type: dict[str, int] | None = None
+
+    @property
+    def elem_type(self) -> dict[str, int]:
+        """Tensor element types from shape inference (computed on first use: it is slow on big models)."""
+        if self._elem_type is None:
+            g = self.model.graph
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model)
+                vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+            except Exception:  # noqa: BLE001 - best-effort; unknown types count as float
+                vis = list(g.value_info) + list(g.input) + list(g.output)
+            self._elem_type = {vi.name: vi.type.tensor_type.elem_type for vi in vis}
+        return self._elem_type
 
     def is_float(self, t: str) -> bool:
         et = self.elem_type.get(t)

@@ -1,0 +1,75 @@
+"""Accuracy on real trained weights (fixtures/, scripts/train_fixtures.py) and real held-out data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeforge.data.calib import CalibDef, Source, load_calib
+from edgeforge.quant import quantize
+from edgeforge.quant.calibrate import run_outputs
+from edgeforge.quant.engine import quantize_onnx
+from edgeforge.quant.ort_baseline import ort_quantize
+from edgeforge.quant.scheme import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = "efficientformer_v2_digits"
+EVAL = 200  # of the 500 held-out digits, to keep the test short
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    meta_path = ROOT / "fixtures" / f"{FIXTURE}.json"
+    if not meta_path.is_file():
+        pytest.skip("fixture not trained: run scripts/train_fixtures.py")
+    meta = json.loads(meta_path.read_text())
+    from edgeforge import recipes
+    from edgeforge.export.pipeline import prepare_model
+
+    recipe = recipes.load(str(ROOT / meta["recipe"]))
+    prepared = prepare_model(recipe, str(ROOT / meta["weights"]), 0, 1)
+    model = prepared.model
+    path = tmp_path_factory.mktemp("acc") / "fp32.onnx"
+    x = next(iter(prepared.inputs.values()))
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["logits"])
+    spec = recipe.spec.input
+    calib = load_calib("digits", spec, 32)
+    ev = load_calib(CalibDef(name="digits-eval", source=Source(kind="digits", split="eval"), count=EVAL), spec)
+    return model, str(path), calib, ev
+
+
+def _top1(model_or_path, x):
+    m = onnx.load(model_or_path) if isinstance(model_or_path, str) else model_or_path
+    return run_outputs(m, x, ["logits"], optimize="all")["logits"].argmax(-1)
+
+
+def test_int8_keeps_accuracy_and_matches_simulation(trained):
+    model, fp32, calib, ev = trained
+    fp32_acc = float((_top1(fp32, ev.x) == ev.labels).mean())
+    assert fp32_acc >= 0.95  # the fixture is really trained
+    scheme = resolve("w8a8")
+    q = quantize_onnx(onnx.load(fp32), calib.x, "minmax", scheme, show_progress=False)
+    pq = _top1(q.model, ev.x)
+    assert float((pq == ev.labels).mean()) >= fp32_acc - 0.02
+    sim = quantize(model, calib.x, "minmax")
+    with torch.no_grad():
+        ps = sim.model(torch.from_numpy(ev.x)).argmax(-1).numpy()
+    assert float((ps == pq).mean()) >= 0.99  # torch simulation and ORT QDQ agree
+    ort_model, _ = ort_quantize(fp32, calib.x, scheme)
+    assert float((_top1(ort_model, ev.x) == ev.labels).mean()) >= fp32_acc - 0.03
+
+
+def test_low_bits_cost_accuracy_in_order(trained):
+    _, fp32, calib, ev = trained
+    acc = {}
+    for bits in ("w8a8", "w4a4"):
+        q = quantize_onnx(onnx.load(fp32), calib.x, "mse", resolve(bits, method="mse"), show_progress=False)
+        acc[bits] = float((_top1(q.model, ev.x) == ev.labels).mean())
+    assert acc["w8a8"] >= acc["w4a4"]
+    assert np.isfinite(acc["w4a4"])
