@@ -254,6 +254,8 @@ def test_bench_and_compile_cli(tiny_art_rw, run_cli):  # noqa: F811
     code, out, err = run_cli("compile", tiny_art_rw, "--target", "gpu-tensorrt")
     if code != 0:
         assert code == 2 and ("TensorRT" in err or "CUDA" in err)
+    code, out, err = run_cli("compile", tiny_art_rw, "--target", "jetson-orin-nano")
+    assert code == 2 and "builds its engine on the device" in err
     code, out, err = run_cli("bench", tiny_art_rw, "--precision", "int8-nope")
     assert code == 2 and "int8-nope" in err
     code, out, err = run_cli("bench", tiny_art_rw / "missing")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgeforge import targets
 from edgeforge.artifacts import Manifest, sha256_file, sha256_json
-from edgeforge.errors import BadInput
+from edgeforge.errors import BadInput, NotAvailable
 from edgeforge.targets import precision_family
 from edgeforge.versions import toolchain_versions
 
@@ -44,6 +44,10 @@ def compile_artifact(artifact: str | os.PathLike, target: str, precision: str = 
                        f"Targets with a compiled form: "
                        + ", ".join(t.name for t in targets.all_targets() if t.compile != "none"))
     tgt.runtime_options(precision)  # BadInput when the target does not offer this precision
+    if tgt.compile == "tensorrt-engine" and tgt.reach.kind == "agent":
+        raise NotAvailable(f"a TensorRT engine only runs on the GPU and TensorRT version it was built with; "
+                           f"{tgt.name} builds its engine on the device (its agent builds it from the ONNX "
+                           f"on first load and caches it by hash), not here")
     manifest = Manifest(art)
     step = f"compile/{tgt.name}/{precision}"
     if tgt.compile == "mlpackage":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgeforge import __version__, targets
-from edgeforge.artifacts import Manifest, sha256_file
+from edgeforge.artifacts import Manifest, sha256_file, sha256_json
 from edgeforge.bench import accuracy as acc
 from edgeforge.bench import latency as lat
 from edgeforge.bench.inputs import make_feed, recipe_input, specs_from_manifest
@@ -74,7 +74,8 @@ def resolve_model(art: Path, target: targets.Target, precision: str) -> ModelFil
         raise BadInput(f"{onnx}: no such model; this artifact has {have or 'no models'} "
                        f"(export first; INT8 models come from `edgeforge quantize`)")
     compiled = {"openvino-ir": "model.xml", "tensorrt-engine": "model.engine"}.get(target.compile)
-    if compiled:
+    # A device behind an agent builds its own engine from the ONNX (engines are GPU-specific).
+    if compiled and target.reach.kind == "local":
         path = art / target.name / precision / compiled
         step = Manifest(art).step(f"compile/{target.name}/{precision}")
         if path.is_file() and step and step.get("source_sha256") == sha256_file(onnx):
@@ -110,8 +111,15 @@ def _model_info(art: Path, model: ModelFile, export: Mapping | None, quant: dict
         else model.path.stat().st_size
     if model.path.suffix == ".xml":
         size += model.path.with_suffix(".bin").stat().st_size
-    digest = sha256_file(model.path) if model.path.is_file() else \
-        sha256_file(next(model.path.rglob("*.mlmodel"), model.path / "Manifest.json"))
+    # The hash covers every file the runtime loads: an IR's weights live in its .bin, an
+    # .mlpackage is a folder.
+    if model.path.is_dir():
+        digest = sha256_json({str(f.relative_to(model.path)): sha256_file(f)
+                              for f in sorted(model.path.rglob("*")) if f.is_file()})
+    elif model.path.suffix == ".xml":
+        digest = sha256_json({"xml": sha256_file(model.path), "bin": sha256_file(model.path.with_suffix(".bin"))})
+    else:
+        digest = sha256_file(model.path)
     return {
         "artifact": str(art),
         "recipe": (export or {}).get("recipe") if isinstance((export or {}).get("recipe"), str) else None,
