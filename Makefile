@@ -20,7 +20,7 @@ PYTEST_ARGS ?= -n 2 -q
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
 	$(PIP) install -q --upgrade pip
