@@ -132,7 +132,7 @@ def latency_histogram(samples_ms: Sequence[float], title: str, markers: dict[str
                         f'fill="{color}">{escape(name)} {_fmt(v)}</text>')
     if clipped:
         body.append(f'<text x="{W - M_RIGHT}" y="{M_TOP + 4}" text-anchor="end" fill="#666">'
-                    f'{clipped} calls above p99.5 not shown</text>')
+                    f'{clipped} call{"s" if clipped > 1 else ""} above p99.5 not shown</text>')
     return _svg("latency-histogram", title, body)
 
 
