@@ -1,2 +1,2 @@
-"""Benchmarks: latency (`latency`, `memory`, `inputs`: torch-free), accuracy (`accuracy`) and
-the `edgeforge bench` driver (`run.bench_artifact`)."""
+"""Benchmarks: latency (`latency`, `memory`, `inputs`: torch-free), accuracy (`accuracy`), the
+`edgeforge bench` driver (`run.bench_artifact`) and `edgeforge compile` (`compile`)."""
