@@ -33,8 +33,13 @@ class QuantResult:
     skipped: bool = False
 
 
-def step_name(method: str, bits: str) -> str:
-    return f"int8-{method}" + ("" if bits == "w8a8" else f"-{bits}")
+def step_name(method: str, bits: str, target: str = "cpu-ort") -> str:
+    """int8-<method>[-<bits>][-<target>]: bits and target only when not the defaults (w8a8,
+    cpu-ort), since a target's constraints change the model (e.g. symmetric int8 for TensorRT)."""
+    from edgeforge.quant.scheme import DEFAULT_TARGET
+
+    return (f"int8-{method}" + ("" if bits == "w8a8" else f"-{bits}")
+            + ("" if target == DEFAULT_TARGET else f"-{target}"))
 
 
 def _input_spec(entry: dict):
@@ -157,7 +162,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     t0 = time.perf_counter()
     data = load_calib(calib, spec, num_samples)
     t_data = time.perf_counter() - t0
-    name = step_name(method, bits)
+    name = step_name(method, bits, scheme.target)
     out_dir = art / name
     onnx_path, qjson = out_dir / "model.onnx", out_dir / "quant.json"
     settings = {"method": method, "bits": bits, "scheme": scheme.to_json(), "calib_hash": data.hash,
