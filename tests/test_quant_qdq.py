@@ -129,3 +129,25 @@ def test_keep_fp_and_analysis(fp32, data):
     assert all(producer.get(t) is None or producer[t].op_type != "DequantizeLinear" for t in node.input)
     with pytest.raises(BadInput, match="no Conv/MatMul/Gemm layer matches"):
         quantize_onnx(fp32, data[:8], "minmax", scheme, keep_fp=["no.such.layer"], show_progress=False)
+
+
+
+def test_batched_matmul_weight_gets_one_scale():
+    """A 3-D MatMul weight (per-head block-diagonal, as in TRecViT's RG-LRU gates) is quantized
+    per-tensor: ORT's integer MatMul kernels take per-column scales on 2-D weights only."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 8, 8)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 8])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((6, 4, 3, 8)).astype(np.float32)
+    q = quantize_onnx(m, x, "minmax", resolve("w8a8"), show_progress=False)
+    assert not q.weight_q["w"].per_channel
+    sess = ort.InferenceSession(q.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": x[:1]})[0]
+    assert cosine(x[:1] @ w, out) > 0.99

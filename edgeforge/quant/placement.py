@@ -41,7 +41,7 @@ class ActSite:
 class WeightSite:
     node: str
     initializer: str
-    axis: int  # output-channel axis of the weight tensor
+    axis: int | None  # output-channel axis of the weight tensor (None: per-tensor)
     bias: str | None = None  # Conv/Gemm bias initializer, quantized to int32
     act_input: str | None = None  # the activation tensor whose scale the bias scale uses
 
@@ -412,7 +412,9 @@ def plan(model: onnx.ModelProto, keep_fp: list[str] = (), norm_inputs: bool = Fa
             elif n.op_type == "Gemm":
                 axis = 0 if _attr(n, "transB", 0) else 1
             else:
-                axis = w.ndim - 1
+                # per-column scales on a 2-D B only: ORT's MatMulInteger kernels accept no other
+                # per-channel layout (batched 3-D weights get one scale)
+                axis = 1 if w.ndim == 2 else None
             bias = n.input[2] if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] and \
                 idx.is_const(n.input[2]) else None
             # bias shared between nodes (the exporter dedups equal initializers) is fine: each
