@@ -16,7 +16,7 @@ DEMO_RECIPE ?= efficientformer_l1
 DEMO_OUT ?= artifacts/$(DEMO_RECIPE)
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: install demo test clean plugins plugins-asan
+.PHONY: install demo test test-heavy clean plugins plugins-asan
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ test: install plugins
 	  apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
 	  apt-get install -y -q chromium >/dev/null 2>&1) || echo "chromium not installed: the browser test will skip"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Also export the 40M+ parameter / 6+ GMAC recipe variants (minutes each on two cores).
+test-heavy: install plugins
+	EDGEFORGE_HEAVY=1 $(PY) -m pytest $(PYTEST_ARGS) tests/test_recipes_export.py
 
 clean:
 	rm -rf $(VENV) artifacts build plugins/build

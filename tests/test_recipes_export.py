@@ -7,6 +7,7 @@ is added; the guard below fails when something ships without coverage.
 from __future__ import annotations
 
 import json
+import os
 
 import onnx
 import pytest
@@ -16,6 +17,24 @@ from edgeforge.export import export_recipe
 from edgeforge.recipes import all_recipes, recipes_dir
 
 RECIPES = all_recipes()
+
+# Exporting a 50M+ parameter model (onnxslim, three parity inputs) takes minutes on CI's two
+# cores; those variants run with EDGEFORGE_HEAVY=1 (`make test-heavy`), the rest always.
+HEAVY_PARAMS_M, HEAVY_GMACS = 40.0, 6.0
+RUN_HEAVY = os.environ.get("EDGEFORGE_HEAVY") == "1"
+
+
+def skip_if_heavy(recipe) -> None:
+    if RUN_HEAVY:
+        return
+    from edgeforge.export.model_card import measure
+
+    card = measure(recipe)
+    params_m = (card.params or 0) / 1e6
+    gmacs = (card.macs or 0) / 1e9
+    if params_m > HEAVY_PARAMS_M or gmacs > HEAVY_GMACS:
+        pytest.skip(f"heavy variant ({params_m:.1f}M params, {gmacs:.2f} GMACs): runs with EDGEFORGE_HEAVY=1 "
+                    "(make test-heavy)")
 
 
 def uses_custom_ops(recipe) -> bool:
@@ -61,6 +80,7 @@ CASES = [(n, "decompose") for n in sorted(RECIPES)] + [
 @pytest.mark.parametrize("name, custom_ops", CASES)
 def test_every_recipe_variant_exports_with_parity(name, custom_ops, tmp_path):
     recipe = RECIPES[name]
+    skip_if_heavy(recipe)
     if custom_ops == "plugin":
         from edgeforge.ops.native import ort_library_path
 
