@@ -47,6 +47,9 @@ class PreparedModel:
     params_before_transforms: int
     weights: str | None
     seed: int
+    # ONNX node count of the model exported before its deploy transforms (when asked for), so
+    # the manifest shows that the transforms left the graph simpler.
+    onnx_nodes_before_transforms: int | None = None
 
 
 @dataclass
@@ -99,9 +102,27 @@ def _outputs_list(out: Any) -> list[torch.Tensor]:
     raise BadInput(f"model output of type {type(out).__name__} is not a tensor, tuple or dict of tensors")
 
 
+def _count_onnx_nodes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], opset: int, custom_ops: str) -> int:
+    import io
+
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), ops.export_mode(custom_ops), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(inputs.values()), buf, dynamo=False, opset_version=opset,
+                          input_names=list(inputs), do_constant_folding=True,
+                          custom_opsets=ops.CUSTOM_OPSETS if custom_ops == "plugin" else None)
+    return len(onnx.load_from_string(buf.getvalue()).graph.node)
+
+
 def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None, seed: int = 0,
-                  batch: int = 1) -> PreparedModel:
-    """Build the recipe's model (weights or seeded random init) and apply its deploy transforms."""
+                  batch: int = 1, count_nodes_as: tuple[int, str] | None = None) -> PreparedModel:
+    """Build the recipe's model (weights or seeded random init) and apply its deploy transforms.
+
+    `count_nodes_as=(opset, custom_ops)` also exports the model once before the transforms and
+    records its ONNX node count (the export's manifest compares it with the transformed graph).
+    """
     recipe = load(recipe) if isinstance(recipe, str) else recipe
     seed_everything(seed)
     model = build_model(recipe.spec.builder, **recipe.spec.builder_args)
@@ -111,6 +132,9 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
     params_before = count_params(model)
     gen = torch.Generator().manual_seed(seed)
     inputs = model_inputs(recipe, model, batch, gen)
+    nodes_before = None
+    if count_nodes_as and recipe.spec.export.transforms:
+        nodes_before = _count_onnx_nodes(model, inputs, *count_nodes_as)
     with torch.no_grad():
         records, outputs = apply_transforms_with_outputs(
             model, recipe.spec.export.transforms, tuple(inputs.values()),
@@ -121,7 +145,7 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
     if len(names) != n_out:
         raise BadInput(f"{recipe.name}: model declares {len(names)} output names but returns {n_out} tensors")
     return PreparedModel(recipe, model, inputs, names, records, count_params(model), params_before,
-                         str(weights) if weights else None, seed)
+                         str(weights) if weights else None, seed, nodes_before)
 
 
 def resolve_custom_ops(mode: str | None, recipe: Recipe) -> str:
@@ -186,7 +210,7 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
     t0 = time.perf_counter()
     with status(f"building {recipe.name} and applying deploy transforms"):
         example_batch = 2 if batch == "dynamic" else int(batch)
-        prepared = prepare_model(recipe, weights, seed, example_batch)
+        prepared = prepare_model(recipe, weights, seed, example_batch, count_nodes_as=(opset, mode))
         # MACs do not depend on the weights: measured on the meta device, like the model cards.
         card = measure(recipe)
         if card.macs is None:
@@ -252,6 +276,7 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
         "transforms": [vars(r) for r in prepared.transforms],
         "onnx": {"path": str(onnx_path.relative_to(out)), "opset": opset, "sha256": sha256_file(onnx_path),
                  "custom_ops": mode, "batch": batch, "size_bytes": onnx_path.stat().st_size,
+                 "nodes_before_transforms": prepared.onnx_nodes_before_transforms,
                  "nodes_raw": nodes_raw, "nodes": len(final_model.graph.node),
                  "ops": graph_checks.op_histogram(final_model),
                  "gathers_over_initializers": len(graph_checks.gathers_over_initializers(final_model)),

@@ -18,6 +18,9 @@ def print_export_summary(result, console: Console) -> None:
     t.add_row("params / MACs", f"{m['params'] / 1e6:.2f} M / {m['macs'] / 1e9:.3f} G")
     for r in e["transforms"]:
         t.add_row(f"transform {r['name']}", f"{r['changed']} site(s), max abs err {r['max_abs_err']:.2e}")
+    if o.get("nodes_before_transforms") is not None:
+        t.add_row("graph nodes", f"{o['nodes_before_transforms']} before deploy transforms -> {o['nodes_raw']} after "
+                                 f"-> {o['nodes']} after onnxslim")
     s = o["simplify"]
     t.add_row("onnxslim", f"{'kept' if s['applied'] else 'not applied'}: {s['nodes_before']} -> "
                           f"{s['nodes_after']} nodes" + (f"; ORT {s['ort_ms_before']:.2f} -> {s['ort_ms_after']:.2f} ms"
