@@ -40,8 +40,19 @@ def _run_node(node: onnx.NodeProto, ins: list[np.ndarray | None]) -> np.ndarray:
     dil = _attr(node, "dilations", [1] * nd)
     pads = _attr(node, "pads", [0] * (2 * nd))
     group = _attr(node, "group", 1)
-    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise NotImplementedError("auto_pad Conv")
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "VALID":
+        pads = [0] * (2 * nd)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # ONNX rule: output = ceil(in / stride); the odd pixel goes at the end (UPPER) or start (LOWER).
+        pads = [0] * (2 * nd)
+        for i in range(nd):
+            size = x.shape[2 + i]
+            kernel = (w.shape[2 + i] - 1) * dil[i] + 1
+            total = max(0, (-(-size // strides[i]) - 1) * strides[i] + kernel - size)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + nd] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
     if list(pads[:nd]) == list(pads[nd:]):
         padding = list(pads[:nd])
     else:  # asymmetric padding: pad explicitly (F.pad takes last dim first)

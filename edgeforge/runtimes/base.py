@@ -11,6 +11,7 @@ describes its inputs with `input_specs()`. Torch-free: devices run this with onl
 
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
@@ -50,7 +51,7 @@ class RunnerInfo:
     versions: dict[str, str] = field(default_factory=dict)
 
 
-class Runner:
+class Runner(abc.ABC):
     """Base class of every runtime backend; see the module docstring for the protocol.
 
     Subclasses set `runtime_name` and implement `_activate`, `_deactivate`, `_infer`,
@@ -107,24 +108,29 @@ class Runner:
         return None
 
     # ---- what backends provide ----------------------------------------------------------------
+    @abc.abstractmethod
     def _activate(self) -> None:
-        raise NotImplementedError
+        """Load the model / open the session."""
 
+    @abc.abstractmethod
     def _deactivate(self) -> None:
-        raise NotImplementedError
+        """Release what `_activate` acquired."""
 
+    @abc.abstractmethod
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run one checked feed; return outputs by name."""
 
+    @abc.abstractmethod
     def input_specs(self) -> list[TensorSpec]:
         """The model's inputs (available once active)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def output_names(self) -> list[str]:
-        raise NotImplementedError
+        """The model's output names (available once active)."""
 
+    @abc.abstractmethod
     def info(self) -> RunnerInfo:
-        raise NotImplementedError
+        """Runtime name, version and options, for reports."""
 
     # ---- input checks -------------------------------------------------------------------------
     def check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
