@@ -29,6 +29,18 @@ DEFAULT_VARIANTS = ["efficientformer_l1", "efficientformer_l3", "efficientformer
                     "efficientformer_v2_s1", "efficientformer_v2_s2", "efficientformer_v2_l"]
 
 
+def best_seconds(fn, reps: int, warmup: int = 2) -> float:
+    """Fastest of `reps` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 10) -> dict:
     """Best sustained fp32 GFLOP/s of a large square matmul, in torch and in ONNX Runtime."""
     import onnx
@@ -37,14 +49,7 @@ def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 10) -> dict:
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    torch_gflops = 2 * n ** 3 / min(times) / 1e9
+    torch_gflops = 2 * n ** 3 / best_seconds(lambda: torch.mm(a, b), reps) / 1e9
     graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm",
                               [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n]),
                                helper.make_tensor_value_info("B", TensorProto.FLOAT, [n, n])],
@@ -54,14 +59,7 @@ def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 10) -> dict:
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed = {"A": a.numpy(), "B": b.numpy()}
-    for _ in range(2):
-        sess.run(None, feed)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    ort_gflops = 2 * n ** 3 / min(times) / 1e9
+    ort_gflops = 2 * n ** 3 / best_seconds(lambda: sess.run(None, feed), reps) / 1e9
     return {"n": n, "torch_gflops": torch_gflops, "ort_gflops": ort_gflops, "peak_gflops": max(torch_gflops, ort_gflops)}
 
 
