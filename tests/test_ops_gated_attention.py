@@ -58,6 +58,11 @@ CASES = {
     "fox-log_f": (2, 2, 33, 33, 8, 8, None, True, False),
     "fox-log_f+bias": (1, 2, 70, 70, 16, 8, (2, 70, 70), True, True),
     "long-196": (1, 2, 196, 196, 32, 32, None, True, False),
+    # Ragged edges of the CPU tiling: row blocks of 32 with a 1..7-row tail, key tiles of 32 with a
+    # 16-key tile and a 1..15-key column tail, more than one 1024-key tile per row.
+    "ragged-41x47": (1, 2, 41, 47, 24, 40, (2, 41, 47), False, False),
+    "ragged-causal-37x61": (1, 1, 37, 61, 8, 17, None, False, True),
+    "multi-tile-1100": (1, 1, 5, 1100, 16, 16, (5, 1100), False, True),
 }
 
 

@@ -79,7 +79,16 @@ EF_HD F16 f16_add(const F16& a, const F16& b) {
     for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] + b.v[i];
     return r;
 }
-EF_HD float f16_lane(const F16& a, int i) { return a.v[i]; }
+EF_HD float f16_reduce_max(const F16& a) {
+    float r = a.v[0];
+    for (int i = 1; i < 16; ++i) r = r > a.v[i] ? r : a.v[i];
+    return r;
+}
+EF_HD float f16_reduce_add(const F16& a) {
+    float r = 0.0f;
+    for (int i = 0; i < 16; ++i) r += a.v[i];
+    return r;
+}
 #else
 typedef float F16 __attribute__((vector_size(64)));
 inline F16 f16_zero() { return F16{}; }
@@ -96,7 +105,24 @@ inline void f16_store(float* p, const F16& x, float scale = 1.0f) {
 inline F16 f16_splat(float a) { return F16{} + a; }
 inline F16 f16_max(const F16& a, const F16& b) { return a > b ? a : b; }
 inline F16 f16_add(const F16& a, const F16& b) { return a + b; }
-inline float f16_lane(const F16& a, int i) { return a[i]; }
+// Horizontal reductions as a tree of half-width shuffles (4 steps instead of 15 dependent scalar
+// operations on extracted lanes).
+inline F16 f16_fold(const F16& a, int step) {
+    switch (step) {
+        case 8: return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+        case 4: return __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+        case 2: return __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+        default: return __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    }
+}
+inline float f16_reduce_max(F16 a) {
+    for (int step = 8; step >= 1; step /= 2) a = f16_max(a, f16_fold(a, step));
+    return a[0];
+}
+inline float f16_reduce_add(F16 a) {
+    for (int step = 8; step >= 1; step /= 2) a += f16_fold(a, step);
+    return a[0];
+}
 #endif
 
 EF_HD float ef_fmax(float a, float b) { return a > b ? a : b; }
@@ -123,6 +149,42 @@ EF_HD float exp_nonpos(float x) {
     // -fno-trapping-math, see CMakeLists.txt), not the select.
     return p * scale * static_cast<float>(x >= -87.0f);
 }
+
+// exp_nonpos over the 16 lanes of a register tile (the softmax exponentiates and sums in one pass).
+#if defined(__CUDACC__) || !(defined(__GNUC__) || defined(__clang__))
+EF_HD F16 f16_exp_nonpos(const F16& x) {
+    F16 r;
+    for (int i = 0; i < 16; ++i) r.v[i] = exp_nonpos(x.v[i]);
+    return r;
+}
+#else
+typedef int32_t I16 __attribute__((vector_size(64)));
+inline F16 f16_exp_nonpos(const F16& x) {
+    const F16 lo = f16_splat(-87.0f);
+    const F16 xc = x > lo ? x : lo;
+    const I16 ni = __builtin_convertvector(xc * 1.44269504088896341f - 0.5f, I16);
+    const F16 n = __builtin_convertvector(ni, F16);
+    F16 r = xc - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;
+    F16 p = f16_splat(1.3888889e-3f);
+    p = p * r + 8.3333333e-3f;
+    p = p * r + 4.1666667e-2f;
+    p = p * r + 1.6666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const I16 bits = (ni + 127) << 23;
+    F16 scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    const F16 e = p * scale;
+    I16 e_bits;
+    std::memcpy(&e_bits, &e, sizeof e_bits);
+    e_bits &= (x >= lo);  // all-ones lanes where x >= -87, so -inf and underflow give exactly 0
+    F16 out;
+    std::memcpy(&out, &e_bits, sizeof out);
+    return out;
+}
+#endif
 
 // Element strides of a contiguous 4-D tensor of `shape` broadcast to `full` (0 where broadcast);
 // false if it is not broadcastable.

@@ -45,6 +45,24 @@ EF_HD void ga_logits_tile(const QT* EF_RESTRICT q, int64_t q_stride, const KT* E
         for (int c = 0; c < NC; ++c) f16_store(s + r * s_stride + 16 * c, acc[r][c], scale);
 }
 
+// Logits of up to 16 * NR query rows, stored transposed (qt[d * qt_stride + r], zero beyond the
+// last row), against the single key k (unit stride over d): one column of the logits,
+// s[r * s_stride] for r < rows. The CPU build computes the last few keys of a tile this way
+// instead of padding them to a whole 16-key register tile, which would do up to 16x the work.
+template <int NR, typename QT, typename KT>
+EF_HD void ga_logits_column(const QT* EF_RESTRICT qt, int64_t qt_stride, const KT* EF_RESTRICT k, int64_t D,
+                            float scale, float* EF_RESTRICT s, int64_t s_stride, int64_t rows) {
+    F16 acc[NR];
+    for (int c = 0; c < NR; ++c) acc[c] = f16_zero();
+    for (int64_t d = 0; d < D; ++d) {
+        const float kd = to_float(k[d]);
+        for (int c = 0; c < NR; ++c) f16_fma(acc[c], kd, f16_load(qt + d * qt_stride + 16 * c));
+    }
+    float col[16 * NR];
+    for (int c = 0; c < NR; ++c) f16_store(col + 16 * c, acc[c], scale);
+    for (int64_t r = 0; r < rows; ++r) s[r * s_stride] = col[r];
+}
+
 // Adds the additive bias, the forget-gate decay c_i - c_j, and the causal mask to the logits of
 // row i against keys j0 .. j0 + kb. bias_row points at bias(b, h, i, 0) (or is null); c at the
 // cumulative log forget gates of this (b, h) (or is null).
@@ -70,8 +88,7 @@ EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l,
     F16 lanes = f16_splat(kNegInf);
     int64_t j16 = 0;
     for (; j16 + 16 <= kb; j16 += 16) lanes = f16_max(lanes, f16_load(s + j16));
-    float tmax = kNegInf;
-    for (int i = 0; i < 16; ++i) tmax = ef_fmax(tmax, f16_lane(lanes, i));
+    float tmax = f16_reduce_max(lanes);
     for (int64_t j = j16; j < kb; ++j) tmax = ef_fmax(tmax, s[j]);
     if (tmax == kNegInf) {
         for (int64_t j = 0; j < kb; ++j) s[j] = 0.0f;
@@ -79,12 +96,16 @@ EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l,
     }
     const float m_new = ef_fmax(m, tmax);
     const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
-    for (int64_t j = 0; j < kb; ++j) s[j] = exp_nonpos(s[j] - m_new);
+    // Exponentiate and sum in one pass over the tile.
     lanes = f16_zero();
-    for (j16 = 0; j16 + 16 <= kb; j16 += 16) lanes = f16_add(lanes, f16_load(s + j16));
-    float sum = 0.0f;
-    for (int i = 0; i < 16; ++i) sum += f16_lane(lanes, i);
-    for (int64_t j = j16; j < kb; ++j) sum += s[j];
+    const F16 neg_m = f16_splat(-m_new);
+    for (j16 = 0; j16 + 16 <= kb; j16 += 16) {
+        const F16 e = f16_exp_nonpos(f16_add(f16_load(s + j16), neg_m));
+        f16_store(s + j16, e);
+        lanes = f16_add(lanes, e);
+    }
+    float sum = f16_reduce_add(lanes);
+    for (int64_t j = j16; j < kb; ++j) sum += (s[j] = exp_nonpos(s[j] - m_new));
     l = l * corr + sum;
     if (corr != 1.0f)
         for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;

@@ -43,11 +43,12 @@ class GatedAttentionKernel : public KernelBase {
             auto q = ctx.GetInput(0), k = ctx.GetInput(1), v = ctx.GetInput(2);
             const auto sq = q.GetTensorTypeAndShapeInfo().GetShape(), sk = k.GetTensorTypeAndShapeInfo().GetShape(),
                        sv = v.GetTensorTypeAndShapeInfo().GetShape();
-            const std::string got = "; got q " + dims(sq) + ", k " + dims(sk) + ", v " + dims(sv);
+            // The message is built only on failure: string streams cost microseconds per call.
+            auto got = [&] { return "; got q " + dims(sq) + ", k " + dims(sk) + ", v " + dims(sv); };
             if (sq.size() != 4 || sk.size() != 4 || sv.size() != 4)
-                return fail("GatedAttention: q, k, v must be 4-D (B, H, N|M, D)" + got);
+                return fail("GatedAttention: q, k, v must be 4-D (B, H, N|M, D)" + got());
             if (sk[0] != sq[0] || sv[0] != sq[0] || sk[1] != sq[1] || sv[1] != sq[1] || sk[3] != sq[3] || sv[2] != sk[2])
-                return fail("GatedAttention: need q (B,H,N,D), k (B,H,M,D), v (B,H,M,Dv)" + got);
+                return fail("GatedAttention: need q (B,H,N,D), k (B,H,M,D), v (B,H,M,Dv)" + got());
             GatedAttentionArgs x{q.GetTensorData<float>(), k.GetTensorData<float>(), v.GetTensorData<float>(),
                                  nullptr, nullptr, nullptr, sq[0], sq[1], sq[2], sk[2], sq[3], sv[3],
                                  {1, 1, 1, 1}, scale_, causal_};
