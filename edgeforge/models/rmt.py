@@ -49,6 +49,8 @@ class RelPos2d(nn.Module):
     resolution return the constants (other resolutions still compute them).
     """
 
+    fx_leaf = True  # sizes in, constant tables out: one call in the quantization simulation's FX graph
+
     def __init__(self, dim: int, num_heads: int, initial_value: float, heads_range: float,
                  decomposed: bool, resolution: tuple[int, int]):
         super().__init__()
