@@ -57,3 +57,32 @@ def test_options_log_softmax_keep_fp_and_bad_models():
 
     with pytest.raises(BadInput, match="torch.fx cannot capture"):
         quantize(Dynamic(), x, fold_bn=False)
+
+
+@pytest.mark.parametrize("name", ["fmvit_tiny", "rmt_tiny"])
+def test_simulation_places_and_calibrates_like_the_onnx_engine(tmp_path, name):
+    """On real backbones (concatenated heads, RMT's gated attention and its frozen tables), the
+    torch simulation has exactly the ONNX engine's quantizers with the same ranges: both capture
+    the same graph (RMT's attention traced in the decomposition's op order) and calibrate the
+    float model with order- and noise-independent histograms."""
+    from collections import Counter
+
+    from edgeforge import recipes
+    from edgeforge.export import export_recipe
+    from edgeforge.export.pipeline import prepare_model
+
+    recipe = recipes.load(name)
+    res = export_recipe(recipe, out_dir=tmp_path / name, custom_ops="decompose")
+    model = prepare_model(recipe, None, 0, 1).model
+    shape = (6, *recipe.spec.input.shape)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    q = quantize_onnx(onnx.load(str(res.onnx_path)), x, "percentile", resolve("w8a8"), show_progress=False)
+    sim = quantize(model, x, "percentile")
+    onnx_roles = Counter(tuple(sorted(s.roles)) for s in q.plan.acts.values())
+    sim_roles = Counter(tuple(sorted(a.roles)) for a in sim.act_quantizers.values())
+    assert onnx_roles == sim_roles
+    onnx_scales = sorted(float(np.ravel(p.scale)[0]) for p in q.act_q.values())
+    sim_scales = sorted(float(np.ravel(a.qparams.scale)[0]) for a in sim.act_quantizers.values())
+    np.testing.assert_allclose(sim_scales, onnx_scales, rtol=1e-4)
+    o = run_outputs(q.model, x[:1], [q.model.graph.output[0].name])[q.model.graph.output[0].name]
+    assert cosine(sim(torch.from_numpy(x[:1])).numpy(), o) > 0.999

@@ -123,10 +123,18 @@ class LinearScanFn(torch.autograd.Function):
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, reverse: bool = False):
     """h_t = a_t * h_{t-1} + b_t over dim 1 of (B, T, C); returns (all states, last state (B, C))."""
+    if isinstance(a, torch.fx.Proxy):
+        # torch.fx capture (quantization simulation): one opaque call, as the scan is one node
+        # (or an elementwise chain the quantizer leaves in float) in the exported graph.
+        return a.tracer.create_proxy("call_function", _linear_scan_eager, (a, b, h0, bool(reverse)), {})
     with _quiet_tracer():
         check_linear_scan(a.shape, b.shape, None if h0 is None else h0.shape)
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return LinearScanFn.apply(a, b, h0, bool(reverse))
+    return reference.linear_scan(a, b, h0, reverse)
+
+
+def _linear_scan_eager(a, b, h0, reverse):
     return reference.linear_scan(a, b, h0, reverse)
 
 
@@ -158,6 +166,8 @@ class GatedAttentionFn(torch.autograd.Function):
 
 def gated_attention(q, k, v, bias=None, log_f=None, scale: float | None = None, causal: bool = False):
     """softmax(scale * q k^T + bias [+ c_i - c_j, c = cumsum(log_f)]) v; see edgeforge.ops."""
+    if isinstance(q, torch.fx.Proxy):  # torch.fx capture: op by op, as the decomposition exports it
+        return reference.gated_attention_graph(q, k, v, bias, log_f, scale, causal)
     with _quiet_tracer():
         check_gated_attention(q.shape, k.shape, v.shape, None if bias is None else bias.shape,
                               None if log_f is None else log_f.shape, causal)

@@ -6,8 +6,9 @@
   tails + rounding noise step^2/12 inside), searched over shrink factors of the min/max range.
 - `entropy` (KL): TensorRT's threshold search minimising KL(P || Q) between the |x| histogram
   and its quantized version.
-Activation observers stream: they keep a histogram whose range grows as batches arrive, so
-calibration memory does not grow with the number of samples. Weight ranges are computed on the
+Activation observers stream: they keep a histogram whose range (a power of two) doubles as
+batches need it, so calibration memory does not grow with the number of samples and the result
+does not depend on batch order or on float noise between runtimes. Weight ranges are computed on the
 whole weight tensor (`weight_range`), per output channel.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 from edgeforge.quant.quantizers import QParams, params_from_range, qrange
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
-NBINS = 2048
+NBINS = 4096  # a power-of-two range wastes up to half of them on an unused end
 
 
 class Observer:
@@ -52,24 +53,33 @@ class Observer:
         if not self.needs_hist:
             return
         if self.hist is None:
-            self.lo, self.hi = min(mn, 0.0), max(mx, 0.0)
-            if self.hi - self.lo <= 0:
-                self.hi = self.lo + 1e-6
+            a = _pow2_at_least(max(abs(mn), abs(mx)))
+            self.lo, self.hi = (-a if mn < 0 else 0.0), a
             self.hist = np.zeros(self.nbins, np.float64)
-        elif mn < self.lo or mx > self.hi:
-            self._grow(min(mn, self.lo), max(mx, self.hi))
+        while mn < self.lo or mx > self.hi:
+            self._grow(negative=mn < self.lo)
         h, _ = np.histogram(finite, bins=self.nbins, range=(self.lo, self.hi))
         self.hist += h
 
-    def _grow(self, lo: float, hi: float) -> None:
-        """Widen the histogram to [lo, hi], moving old counts to the new bins at their centres."""
-        # grow by at least 25% so repeated small overflows do not rebin on every batch
-        span = self.hi - self.lo
-        lo = min(lo, self.lo - 0.25 * span) if lo < self.lo else self.lo
-        hi = max(hi, self.hi + 0.25 * span) if hi > self.hi else self.hi
-        centers = self.lo + (np.arange(self.nbins) + 0.5) * (span / self.nbins)
-        new, _ = np.histogram(centers, bins=self.nbins, range=(lo, hi), weights=self.hist)
-        self.hist, self.lo, self.hi = new, lo, hi
+    def _grow(self, negative: bool) -> None:
+        """Double the bin width: [0, a] -> [-a, a] (negative values arrived) or [0, 2a], and
+        [-a, a] -> [-2a, 2a]. Ranges are powers of two, so every pair of old bins is exactly one
+        new bin: the histogram equals the one built in a single pass over the final range, in
+        any batch order, and tiny numeric differences between two runtimes computing the same
+        tensor (torch vs ONNX Runtime) move no bin edge, so both choose the same range."""
+        n = self.nbins
+        pairs = self.hist.reshape(n // 2, 2).sum(axis=1)
+        new = np.zeros(n, np.float64)
+        if self.lo == 0.0 and negative:
+            new[n // 2:] = pairs
+            self.lo = -self.hi
+        elif self.lo == 0.0:
+            new[:n // 2] = pairs
+            self.hi *= 2.0
+        else:
+            new[n // 4:3 * n // 4] = pairs
+            self.lo, self.hi = self.lo * 2.0, self.hi * 2.0
+        self.hist = new
 
     # ------------------------------------------------------------------ range selection
     def range(self, bits: int = 8, symmetric: bool = False, signed: bool = False) -> tuple[float, float]:
@@ -126,6 +136,11 @@ class Observer:
         levels = 2 ** (bits - 1) if (symmetric or self.min < 0) else 2 ** bits
         t = kl_threshold(ah, amax, levels)
         return float(max(self.min, -t)), float(min(self.max, t))
+
+
+def _pow2_at_least(v: float) -> float:
+    """The smallest power of two >= v (histogram ranges are powers of two; see Observer._grow)."""
+    return float(2.0 ** np.ceil(np.log2(max(v, 2.0 ** -40))))
 
 
 def kl_threshold(hist: np.ndarray, amax: float, levels: int = 128) -> float:

@@ -5,7 +5,8 @@ a runtime would quantize (the same rules as the ONNX placement, `placement.py`):
 - inputs of Conv/Linear modules and of matmuls (q@k^T and attn@v: both operands, so softmax
   outputs too), weights per-channel;
 - Conv outputs (after a following ReLU / BatchNorm / per-channel layer-scale multiply, which
-  the ONNX graph folds), residual adds and pooling when their output reaches a quantized op;
+  the ONNX graph folds), residual adds, pooling and concatenation when their output reaches a
+  quantized op;
 - optionally LayerNorm inputs; never shape/index ops (a tensor reached through view / reshape /
   permute / transpose / flatten is quantized at its source).
 BatchNorm is folded into the conv before it first. Bits below 8 are simulated exactly
@@ -33,6 +34,7 @@ PASS_METHODS = {"view", "reshape", "permute", "transpose", "flatten", "contiguou
 PASS_FUNCS = {torch.reshape, torch.permute, torch.transpose, torch.flatten, torch.squeeze, torch.unsqueeze}
 MATMULS = {operator.matmul, torch.matmul, torch.bmm}
 ADDS = {operator.add, torch.add}
+CATS = {torch.cat, torch.concat}
 POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.MaxPool2d)
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 FOLDABLE_AFTER = (nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout)
@@ -119,17 +121,39 @@ class QuantizedModule:
 
 
 # ----------------------------------------------------------------------------- capture + placement
+def _single_cat(n: fx.Node) -> bool:
+    # torch.cat of one tensor: the ONNX exporter/onnxslim drop it, so it is a pass-through here too
+    return n.op == "call_function" and n.target in CATS and bool(n.args) and \
+        isinstance(n.args[0], (list, tuple)) and len(n.args[0]) == 1
+
+
 def _is_pass(gm: fx.GraphModule, n: fx.Node) -> bool:
     if n.op == "call_method" and n.target in PASS_METHODS:
         return True
-    if n.op == "call_function" and n.target in PASS_FUNCS:
+    if n.op == "call_function" and (n.target in PASS_FUNCS or _single_cat(n)):
         return True
     return n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Identity, nn.Dropout, nn.Flatten))
 
 
+def _pass_input(n: fx.Node):
+    """The tensor a pass-through op forwards (its first argument; the one element of a 1-cat)."""
+    a = n.args[0] if n.args else None
+    return a[0] if _single_cat(n) else a
+
+
+def _is_meta_read(u: fx.Node) -> bool:
+    # x.shape / x.size() / x.dtype: reads no values (static in the export, where they fold away)
+    return (u.op == "call_function" and u.target is getattr and len(u.args) > 1 and
+            u.args[1] in ("shape", "dtype", "device")) or (u.op == "call_method" and u.target in ("size", "dim"))
+
+
+def _value_users(n: fx.Node) -> list[fx.Node]:
+    return [u for u in n.users if not _is_meta_read(u)]
+
+
 def _source(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
-    while _is_pass(gm, n) and len(n.users) == 1 and n.args and isinstance(n.args[0], fx.Node):
-        n = n.args[0]
+    while _is_pass(gm, n) and len(_value_users(n)) == 1 and isinstance(_pass_input(n), fx.Node):
+        n = _pass_input(n)
     return n
 
 
@@ -138,15 +162,15 @@ def _is_const(gm, n) -> bool:
         return True
     if n.op == "get_attr":
         return True
-    if _is_pass(gm, n) and n.args and isinstance(n.args[0], fx.Node):
-        return _is_const(gm, n.args[0])
+    if _is_pass(gm, n) and isinstance(_pass_input(n), fx.Node):
+        return _is_const(gm, _pass_input(n))
     return False
 
 
 def _fold_forward(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
     """Walk past ops the ONNX graph folds into a Conv's output (ReLU, BN, layer-scale multiply)."""
-    while len(n.users) == 1:
-        u = next(iter(n.users))
+    while len(_value_users(n)) == 1:
+        u = _value_users(n)[0]
         if u.op == "call_module" and isinstance(gm.get_submodule(u.target), FOLDABLE_AFTER):
             n = u
         elif u.op == "call_function" and u.target in (F.relu, torch.relu, F.batch_norm):
@@ -168,6 +192,45 @@ def _users_forward(gm, n: fx.Node) -> list[fx.Node]:
     for u in n.users:
         out.extend(_users_forward(gm, u) if _is_pass(gm, u) else [u])
     return out
+
+
+def _permute_dims(n: fx.Node) -> tuple | None:
+    is_permute = (n.op == "call_method" and n.target == "permute") or \
+        (n.op == "call_function" and n.target is torch.permute)
+    if not is_permute or len(n.args) < 2:
+        return None
+    dims = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (tuple, list)) else n.args[1:]
+    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+
+def cancel_inverse_permutes(gm: fx.GraphModule) -> int:
+    """Remove permute(permute(x, p), p^-1) pairs, as onnxslim removes the Transpose pairs they
+    export to: the placement must see the graph the ONNX engine sees (a quantizer walks back to
+    a tensor's source only through a shape op with a single consumer)."""
+    n_removed = 0
+    for n in list(gm.graph.nodes):
+        outer = _permute_dims(n)
+        inner_node = n.args[0] if outer and isinstance(n.args[0], fx.Node) else None
+        inner = _permute_dims(inner_node) if inner_node is not None else None
+        if inner is None or len(inner) != len(outer) or any(inner[outer[k]] != k for k in range(len(outer))):
+            continue
+        n.replace_all_uses_with(inner_node.args[0])
+        gm.graph.erase_node(n)
+        if not inner_node.users:
+            gm.graph.erase_node(inner_node)
+        n_removed += 1
+    if n_removed:
+        gm.recompile()
+    return n_removed
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx tracer that keeps modules marked `fx_leaf = True` as single calls: modules that
+    compute constants from feature-map sizes (e.g. RMT's decay/rotary tables, frozen at export),
+    which a symbolic trace cannot evaluate and which hold nothing to quantize."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return bool(getattr(m, "fx_leaf", False)) or super().is_leaf_module(m, qualname)
 
 
 def place(gm: fx.GraphModule, keep_fp: list[str] = (), norm_inputs: bool = False
@@ -214,11 +277,17 @@ def place(gm: fx.GraphModule, keep_fp: list[str] = (), norm_inputs: bool = False
                 all(isinstance(a, fx.Node) and not _is_const(gm, a) for a in n.args[:2])
             is_pool = (n.op == "call_module" and isinstance(gm.get_submodule(n.target), POOLS)) or \
                 (n.op == "call_function" and n.target in (F.avg_pool2d, F.adaptive_avg_pool2d, F.max_pool2d))
-            if not (is_add or is_pool):
+            # Concat, as in the ONNX placement: int8 in, int8 out when its output reaches a
+            # quantized op (each input keeps its own scale until the concat requantizes it).
+            is_cat = n.op == "call_function" and n.target in CATS and n.args and not _single_cat(n) and \
+                isinstance(n.args[0], (list, tuple)) and all(isinstance(a, fx.Node) and not _is_const(gm, a)
+                                                             for a in n.args[0])
+            if not (is_add or is_pool or is_cat):
                 continue
             if not any(u in compute for u in _users_forward(gm, n)):
                 continue
-            for a in (n.args[:2] if is_add else n.args[:1]):
+            ins = list(n.args[0]) if is_cat else (n.args[:2] if is_add else n.args[:1])
+            for a in ins:
                 add(_source(gm, a), "chain")
             add(n, "chain")
             compute.add(n)
@@ -269,10 +338,11 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
 
         apply_transforms(model, ["fold_bn"], example_inputs or (x[:1],), tol=1e-4)
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e:  # noqa: BLE001 - report what failed, with the way out
         raise BadInput(f"torch.fx cannot capture {type(model).__name__} ({type(e).__name__}: {e}); quantize its "
                        "exported ONNX instead (`edgeforge quantize ARTIFACT`)") from e
+    cancel_inverse_permutes(gm)
     sites, weighted, kept = place(gm, list(keep_fp), norm_inputs)
     act: dict[str, ActQuant] = {}
     for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
@@ -295,11 +365,17 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
         parent, _, child = target_name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, child, QuantWeight(mod, qp))
     gm.recompile()
-    # calibrate
+    # Calibrate on the float model (weights unquantized), as the ONNX engine does on the FP32
+    # graph: the simulation must pick the same ranges as the deployed QDQ model to predict it.
+    qweights = [m for m in gm.modules() if isinstance(m, QuantWeight)]
+    for m in qweights:
+        m.enabled = False
     with progress(f"calibrating torch simulation ({method})", len(x), console, show_progress) as advance:
         for i in range(0, len(x), batch):
             gm(x[i:i + batch])
             advance(len(x[i:i + batch]))
+    for m in qweights:
+        m.enabled = True
     for q in act.values():
         if softmax_quantizer in q.roles:
             q.qparams = log_params(max(q.observer.max, 1e-8), scheme.act_bits, softmax_quantizer, method)
