@@ -69,6 +69,14 @@ def prepare(model: onnx.ModelProto, runtime: str = "onnxruntime") -> tuple[onnx.
     return m, passes
 
 
+def observer_for(method: str, producer_op: str | None) -> str:
+    """The observer of one activation. Softmax outputs always take their observed min/max: they
+    are bounded in [0, 1], so clipping them buys little resolution and costs the rare large
+    attention weights that matter most (KL calibration clipped them to 16-40% on FMViT and took
+    its top-1 from 0.93 to 0.56). The torch simulation applies the same rule."""
+    return "minmax" if producer_op == "Softmax" else method
+
+
 def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Scheme,
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
                   percentile: float = 99.99, console=None, show_progress: bool = True) -> QuantizedOnnx:
@@ -79,7 +87,9 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     prepared, passes = prepare(model, scheme.runtime)
     plan = placement.plan(prepared, list(keep_fp), norm_inputs=norm_inputs)
     t_plan = time.perf_counter()
-    observers = {t: Observer(method, percentile=percentile) for t in plan.acts}
+    producers = placement.GraphIndex(prepared).producer
+    observers = {t: Observer(observer_for(method, producers[t].op_type if t in producers else None),
+                             percentile=percentile) for t in plan.acts}
     observe(prepared, x, observers, console=console, show_progress=show_progress,
             desc=f"calibrating ({method}, {len(x)} samples)")
     t_cal = time.perf_counter()

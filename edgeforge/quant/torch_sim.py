@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from edgeforge.quant.engine import observer_for
 from edgeforge.quant.observers import Observer, weight_params
 from edgeforge.quant.quantizers import QParams, log_params
 from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
@@ -347,7 +348,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     act: dict[str, ActQuant] = {}
     for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
         name = f"_q{i}_{n.name}"
-        q = ActQuant(n.name, roles, method)
+        q = ActQuant(n.name, roles, observer_for(method, "Softmax" if _is_softmax(n) else None))
         if softmax_quantizer != "uniform" and _is_softmax(n):
             q.roles.add(softmax_quantizer)
         gm.add_submodule(name, q)
