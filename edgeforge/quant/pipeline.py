@@ -127,9 +127,16 @@ def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bit
     s = torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in outs]).numpy()
     name = qmodel.graph.output[0].name
     o = run_outputs(qmodel, ev.x, [name], optimize="all")[name]
-    res = {"agreement_torch_sim_ort": round(float((top1(s) == top1(o)).mean()), 4)}
+    from edgeforge.quant.quantizers import cosine
+
+    res = {"agreement_torch_sim_ort": round(float((top1(s) == top1(o)).mean()), 4),
+           # continuous companion of the top-1 agreement: top-1 flips on low-margin samples
+           "torch_sim_ort_output_cosine": round(cosine(s, o), 6)}
     if ev.labels is not None:
         res["torch_sim_top1"] = round(float((top1(s) == ev.labels).mean()), 4)
+    if not (exp.get("weights") or {}).get("path"):
+        res["agreement_note"] = ("random weights: near-uniform logits make top-1 agreement (sim vs ORT, "
+                                 "FP32 vs INT8) flip on noise; judge accuracy on trained weights")
     return res
 
 

@@ -24,7 +24,8 @@ def print_quant_summary(result, console, top: int = 10) -> None:
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k in ("eval_set", "eval_count", "fp32_top1", "int8_top1", "drop", "agreement_fp32_int8",
-              "output_cosine", "output_sqnr_db", "torch_sim_top1", "agreement_torch_sim_ort", "torch_sim"):
+              "output_cosine", "output_sqnr_db", "torch_sim_top1", "agreement_torch_sim_ort",
+              "torch_sim_ort_output_cosine", "torch_sim", "agreement_note"):
         if k in acc:
             t.add_row(k, _fmt(acc[k], 4))
     cal = e.get("calibration", {})
