@@ -79,6 +79,11 @@ EF_HD F16 f16_add(const F16& a, const F16& b) {
     for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] + b.v[i];
     return r;
 }
+EF_HD F16 f16_mul(const F16& a, const F16& b) {
+    F16 r;
+    for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+}
 EF_HD float f16_reduce_max(const F16& a) {
     float r = a.v[0];
     for (int i = 1; i < 16; ++i) r = r > a.v[i] ? r : a.v[i];
@@ -105,6 +110,7 @@ inline void f16_store(float* p, const F16& x, float scale = 1.0f) {
 inline F16 f16_splat(float a) { return F16{} + a; }
 inline F16 f16_max(const F16& a, const F16& b) { return a > b ? a : b; }
 inline F16 f16_add(const F16& a, const F16& b) { return a + b; }
+inline F16 f16_mul(const F16& a, const F16& b) { return a * b; }
 // Horizontal reductions as a tree of half-width shuffles (4 steps instead of 15 dependent scalar
 // operations on extracted lanes).
 inline F16 f16_fold(const F16& a, int step) {

@@ -27,9 +27,13 @@ EF_HD int64_t ga_key_limit(const GatedAttentionShape& s, int64_t i) {
 // s[r * s_stride + j] = scale * q_r . k_j, accumulated in R * NC F16 register tiles (enough
 // independent accumulators to keep the FMA units busy). The CPU build runs R = 4 rows against
 // 32 keys per call (a small GEMM tile); a CUDA thread runs its single row (R = 1).
+// With `bias` (rows of bias_stride, unit stride over keys, every one of the 16 * NC keys real),
+// the tile stores scale * q.k + bias: the bias is added in the registers instead of in another
+// pass over the logits.
 template <int R, int NC, typename QT, typename KT>
 EF_HD void ga_logits_tile(const QT* EF_RESTRICT q, int64_t q_stride, const KT* EF_RESTRICT kt, int64_t kt_stride,
-                          int64_t D, float scale, float* EF_RESTRICT s, int64_t s_stride) {
+                          int64_t D, float scale, float* EF_RESTRICT s, int64_t s_stride,
+                          const float* EF_RESTRICT bias = nullptr, int64_t bias_stride = 0) {
     F16 acc[R][NC];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < NC; ++c) acc[r][c] = f16_zero();
@@ -40,6 +44,14 @@ EF_HD void ga_logits_tile(const QT* EF_RESTRICT q, int64_t q_stride, const KT* E
             const float qd = to_float(q[r * q_stride + d]);
             for (int c = 0; c < NC; ++c) f16_fma(acc[r][c], qd, kv[c]);
         }
+    }
+    if (bias != nullptr) {
+        const F16 sc = f16_splat(scale);
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < NC; ++c)
+                f16_store(s + r * s_stride + 16 * c,
+                          f16_add(f16_mul(acc[r][c], sc), f16_load(bias + r * bias_stride + 16 * c)));
+        return;
     }
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < NC; ++c) f16_store(s + r * s_stride + 16 * c, acc[r][c], scale);
@@ -83,13 +95,21 @@ EF_HD void ga_add_bias(float* EF_RESTRICT s, int64_t kb, int64_t i, int64_t j0, 
 // One online-softmax step of one row over a tile of kb logits: the logits become weights
 // exp(s - m_new) in place, the running denominator l and the unnormalised output acc (Dv) are
 // rescaled to the new running maximum m. A tile whose keys are all masked gets zero weights.
-EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l, float* EF_RESTRICT acc, int64_t Dv) {
-    // Max and sum run in 16 lanes: a scalar reduction is one long dependency chain.
+// Maximum of a tile of logits, in 16 lanes (a scalar reduction is one long dependency chain).
+EF_HD float ga_tile_max(const float* EF_RESTRICT s, int64_t kb) {
     F16 lanes = f16_splat(kNegInf);
     int64_t j16 = 0;
     for (; j16 + 16 <= kb; j16 += 16) lanes = f16_max(lanes, f16_load(s + j16));
     float tmax = f16_reduce_max(lanes);
     for (int64_t j = j16; j < kb; ++j) tmax = ef_fmax(tmax, s[j]);
+    return tmax;
+}
+
+// The step given the tile's maximum (a caller that already passed over the tile computes it there).
+EF_HD void ga_softmax_step_max(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float& l,
+                               float* EF_RESTRICT acc, int64_t Dv) {
+    F16 lanes;
+    int64_t j16;
     if (tmax == kNegInf) {
         for (int64_t j = 0; j < kb; ++j) s[j] = 0.0f;
         return;
@@ -110,6 +130,10 @@ EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l,
     if (corr != 1.0f)
         for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;
     m = m_new;
+}
+
+EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l, float* EF_RESTRICT acc, int64_t Dv) {
+    ga_softmax_step_max(s, kb, ga_tile_max(s, kb), m, l, acc, Dv);
 }
 
 // acc[r][e] += sum_j p[r][j] * v[j][e] for R rows over kb keys, columns in blocks of 16 * NC

@@ -54,10 +54,10 @@ bool add_bias_row_checked(float* EF_RESTRICT s, const float* EF_RESTRICT bias, i
 // instead of padding rows that would be computed and thrown away.
 template <int NC, int R = kGroup>
 void logits_rows(int64_t rows, const float* q, int64_t D, const float* kt, int64_t kt_stride, float scale, float* s,
-                 int64_t s_stride) {
+                 int64_t s_stride, const float* bias = nullptr, int64_t bias_stride = 0) {
     if constexpr (R > 1)
-        if (rows < R) return logits_rows<NC, R - 1>(rows, q, D, kt, kt_stride, scale, s, s_stride);
-    ga_logits_tile<R, NC>(q, D, kt, kt_stride, D, scale, s, s_stride);
+        if (rows < R) return logits_rows<NC, R - 1>(rows, q, D, kt, kt_stride, scale, s, s_stride, bias, bias_stride);
+    ga_logits_tile<R, NC>(q, D, kt, kt_stride, D, scale, s, s_stride, bias, bias_stride);
 }
 
 template <int R = kAccGroup>
@@ -65,6 +65,29 @@ void accumulate_rows(int64_t rows, const float* p, int64_t p_stride, int64_t kb,
     if constexpr (R > 1)
         if (rows < R) return accumulate_rows<R - 1>(rows, p, p_stride, kb, v, Dv, acc);
     ga_accumulate_tile<R, kChunks>(p, p_stride, kb, v, Dv, Dv, acc, Dv);
+}
+
+// Maximum of s[0, n) and whether any value is NaN or +inf, in one pass over the row.
+float max_checked(const float* EF_RESTRICT s, int64_t n, bool& bad) {
+    float mx = kNegInf;
+    int64_t j = 0;
+#if defined(__GNUC__) && !defined(__CUDACC__)
+    F16 lanes = f16_splat(kNegInf);
+    I16 bad_lanes = I16{};
+    const I16 exp_bits = I16{} + 0x7f800000, neg_inf_bits = I16{} + static_cast<int32_t>(0xff800000u);
+    for (; j + 16 <= n; j += 16) {
+        const F16 v = f16_load(s + j);
+        lanes = f16_max(lanes, v);
+        I16 u;
+        std::memcpy(&u, &v, sizeof u);
+        bad_lanes |= ((u & exp_bits) == exp_bits) & (u != neg_inf_bits);
+    }
+    mx = f16_reduce_max(lanes);
+    for (int i = 0; i < 16; ++i) bad = bad || bad_lanes[i] != 0;
+#endif
+    if (first_non_finite(s + j, n - j, /*allow_neg_inf=*/true) >= 0) bad = true;
+    for (; j < n; ++j) mx = ef_fmax(mx, s[j]);
+    return mx;
 }
 
 Error bad_shape(const std::string& what) { return {kBadShape, "GatedAttention: " + what}; }
@@ -153,6 +176,8 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
             for (int64_t j = 0; j < x.N; ++j) c[j] = (run += lf[j]);
         }
         std::vector<float> acc(static_cast<size_t>(kRows * x.Dv), 0.0f), m(kRows, kNegInf), l(kRows, 0.0f);
+        // A contiguous, non-causal bias row (RMT's decay table) is added inside the logits tiles.
+        const bool fused_bias = x.bias != nullptr && bs[3] == 1 && c.empty() && !s.causal;
         const int64_t kKeys = std::min(kMaxKeys, (keys + kChunk - 1) / kChunk * kChunk);  // a multiple of kChunk
         std::unique_ptr<float[]> sc(new float[static_cast<size_t>(kRows * kKeys)]);  // written before read
         for (int64_t j0 = 0; j0 < keys; j0 += kKeys) {
@@ -175,9 +200,10 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
                 const int64_t g_rows = std::min<int64_t>(kAccGroup, rows - g);
                 for (int64_t gl = g; gl < g + g_rows; gl += kGroup) {
                     const int64_t n = std::min<int64_t>(kGroup, g + g_rows - gl);
+                    const float* bias_g = fused_bias ? x.bias + bi * bs[0] + hi * bs[1] + (r0 + gl) * bs[2] + j0 : nullptr;
                     for (int64_t jc = 0; jc < full; jc += kChunk)
                         logits_rows<kChunks>(n, q.data() + gl * x.D, x.D, kt + j0 + jc, m_pad, x.scale,
-                                             sc.get() + gl * kKeys + jc, kKeys);
+                                             sc.get() + gl * kKeys + jc, kKeys, bias_g ? bias_g + jc : nullptr, bs[2]);
                     for (int64_t jc = full; jc < tiled; jc += 16)
                         logits_rows<1>(n, q.data() + gl * x.D, x.D, kt + j0 + jc, m_pad, x.scale,
                                        sc.get() + gl * kKeys + jc, kKeys);
@@ -187,17 +213,18 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
                     const int64_t i = r0 + r;
                     const float* bias_row = x.bias ? x.bias + bi * bs[0] + hi * bs[1] + i * bs[2] : nullptr;
                     // NaN or +inf logits would be dropped by the softmax's masked exp, so they are
-                    // caught here: in the add for a contiguous bias row alone (RMT's decay table),
-                    // else by an OR reduction over the row, in L1.
-                    bool bad;
-                    if (bias_row != nullptr && bs[3] == 1 && c.empty() && ga_key_limit(s, i) >= j0 + kb) {
-                        bad = add_bias_row_checked(sr, bias_row + j0, kb);
+                    // caught here, in the same pass over the row (in L1) that takes its maximum.
+                    bool bad = false;
+                    float tmax;
+                    if (fused_bias) {  // whole chunks got their bias in the tile; the rest here
+                        bad = add_bias_row_checked(sr + full, bias_row + j0 + full, kb - full);
+                        tmax = max_checked(sr, kb, bad);
                     } else {
                         ga_add_bias(sr, kb, i, j0, bias_row, bs[3], c.empty() ? nullptr : c.data(), ga_key_limit(s, i));
-                        bad = first_non_finite(sr, kb, /*allow_neg_inf=*/true) >= 0;
+                        tmax = max_checked(sr, kb, bad);
                     }
                     if (bad) bad_logits.store(true, std::memory_order_relaxed);
-                    ga_softmax_step(sr, kb, m[r], l[r], acc.data() + r * x.Dv, x.Dv);
+                    ga_softmax_step_max(sr, kb, tmax, m[r], l[r], acc.data() + r * x.Dv, x.Dv);
                 }
                 accumulate_rows(g_rows, sc.get() + g * kKeys, kKeys, kb, v + j0 * x.Dv, x.Dv, acc.data() + g * x.Dv);
             }
