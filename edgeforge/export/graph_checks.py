@@ -12,6 +12,14 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
                                for n in model.graph.node).items()))
 
 
+def operator_count(model: onnx.ModelProto) -> int:
+    """Nodes that compute: all but Constant nodes, which are data (onnxslim and ONNX Runtime turn
+    them into initializers). The exporter's constant folding emits one Constant per use of a
+    frozen table, so raw node counts grow when deploy transforms freeze tables even though the
+    graph computes less; this count is what "the transforms left the graph simpler" is judged on."""
+    return sum(1 for n in model.graph.node if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")))
+
+
 def gathers_over_initializers(model: onnx.ModelProto) -> list[str]:
     """Names of Gather nodes whose data input is a constant (initializer or Constant node).
 

@@ -50,6 +50,7 @@ class PreparedModel:
     # ONNX node count of the model exported before its deploy transforms (when asked for), so
     # the manifest shows that the transforms left the graph simpler.
     onnx_nodes_before_transforms: int | None = None
+    onnx_operators_before_transforms: int | None = None  # the same without Constant nodes
 
 
 @dataclass
@@ -102,7 +103,9 @@ def _outputs_list(out: Any) -> list[torch.Tensor]:
     raise BadInput(f"model output of type {type(out).__name__} is not a tensor, tuple or dict of tensors")
 
 
-def _count_onnx_nodes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], opset: int, custom_ops: str) -> int:
+def _count_onnx_nodes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], opset: int,
+                      custom_ops: str) -> tuple[int, int]:
+    """(nodes, operators) of the model's ONNX export; see graph_checks.operator_count."""
     import io
 
     import onnx
@@ -113,7 +116,8 @@ def _count_onnx_nodes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], o
         torch.onnx.export(model, tuple(inputs.values()), buf, dynamo=False, opset_version=opset,
                           input_names=list(inputs), do_constant_folding=True,
                           custom_opsets=ops.CUSTOM_OPSETS if custom_ops == "plugin" else None)
-    return len(onnx.load_from_string(buf.getvalue()).graph.node)
+    m = onnx.load_from_string(buf.getvalue())
+    return len(m.graph.node), graph_checks.operator_count(m)
 
 
 def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None, seed: int = 0,
@@ -132,9 +136,9 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
     params_before = count_params(model)
     gen = torch.Generator().manual_seed(seed)
     inputs = model_inputs(recipe, model, batch, gen)
-    nodes_before = None
+    nodes_before = ops_before = None
     if count_nodes_as and recipe.spec.export.transforms:
-        nodes_before = _count_onnx_nodes(model, inputs, *count_nodes_as)
+        nodes_before, ops_before = _count_onnx_nodes(model, inputs, *count_nodes_as)
     with torch.no_grad():
         records, outputs = apply_transforms_with_outputs(
             model, recipe.spec.export.transforms, tuple(inputs.values()),
@@ -145,7 +149,7 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
     if len(names) != n_out:
         raise BadInput(f"{recipe.name}: model declares {len(names)} output names but returns {n_out} tensors")
     return PreparedModel(recipe, model, inputs, names, records, count_params(model), params_before,
-                         str(weights) if weights else None, seed, nodes_before)
+                         str(weights) if weights else None, seed, nodes_before, ops_before)
 
 
 def resolve_custom_ops(mode: str | None, recipe: Recipe) -> str:
@@ -228,6 +232,7 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
         timings["torch_export_s"] = time.perf_counter() - t0
         raw = onnx.load(str(tmp))
         nodes_raw = len(raw.graph.node)
+        operators_raw = graph_checks.operator_count(raw)
 
         t0 = time.perf_counter()
         feeds, refs = _parity_feeds(prepared, [1, 3] if batch == "dynamic" else [example_batch],
@@ -278,6 +283,8 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
                  "custom_ops": mode, "batch": batch, "size_bytes": onnx_path.stat().st_size,
                  "nodes_before_transforms": prepared.onnx_nodes_before_transforms,
                  "nodes_raw": nodes_raw, "nodes": len(final_model.graph.node),
+                 "operators_before_transforms": prepared.onnx_operators_before_transforms,
+                 "operators_raw": operators_raw,
                  "ops": graph_checks.op_histogram(final_model),
                  "gathers_over_initializers": len(graph_checks.gathers_over_initializers(final_model)),
                  "simplify": slim.to_dict()},

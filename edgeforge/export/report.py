@@ -21,6 +21,9 @@ def print_export_summary(result, console: Console) -> None:
     if o.get("nodes_before_transforms") is not None:
         t.add_row("graph nodes", f"{o['nodes_before_transforms']} before deploy transforms -> {o['nodes_raw']} after "
                                  f"-> {o['nodes']} after onnxslim")
+    if o.get("operators_before_transforms") is not None:
+        t.add_row("operators (no Constant)", f"{o['operators_before_transforms']} before deploy transforms -> "
+                                             f"{o['operators_raw']} after")
     s = o["simplify"]
     t.add_row("onnxslim", f"{'kept' if s['applied'] else 'not applied'}: {s['nodes_before']} -> "
                           f"{s['nodes_after']} nodes" + (f"; ORT {s['ort_ms_before']:.2f} -> {s['ort_ms_after']:.2f} ms"
