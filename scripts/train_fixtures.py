@@ -39,7 +39,7 @@ FIXTURES = {
     "rmt_tiny": dict(epochs=3, batch=64, lr=3e-3, weight_decay=0.05),
     "sit_tiny": dict(epochs=3, batch=64, lr=3e-3, weight_decay=0.05),
     "fmvit_tiny": dict(epochs=3, batch=64, lr=3e-3, weight_decay=0.05),
-    "trecvit_tiny": dict(epochs=3, batch=32, lr=2e-3, weight_decay=0.05),
+    "trecvit_tiny": dict(epochs=10, batch=32, lr=2e-3, weight_decay=0.05),
 }
 
 
