@@ -36,9 +36,9 @@ from edgeforge.models import build_model  # noqa: E402
 # name (the families' `tiny` variants are already 10-class, 64x64: they are trained as they are)
 FIXTURES = {
     "efficientformer_v2_digits": dict(epochs=6, batch=64, lr=3e-3, weight_decay=0.05),
-    "rmt_tiny": dict(epochs=3, batch=64, lr=3e-3, weight_decay=0.05),
-    "sit_tiny": dict(epochs=3, batch=64, lr=3e-3, weight_decay=0.05),
-    "fmvit_tiny": dict(epochs=3, batch=64, lr=3e-3, weight_decay=0.05),
+    "rmt_tiny": dict(epochs=8, batch=64, lr=3e-3, weight_decay=0.05),
+    "sit_tiny": dict(epochs=8, batch=64, lr=3e-3, weight_decay=0.05),
+    "fmvit_tiny": dict(epochs=8, batch=64, lr=3e-3, weight_decay=0.05),
     "trecvit_tiny": dict(epochs=10, batch=32, lr=2e-3, weight_decay=0.05),
 }
 
