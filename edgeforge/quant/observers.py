@@ -129,10 +129,16 @@ class Observer:
         return float(best[0]), float(best[1])
 
     def _entropy_range(self, bits: int, symmetric: bool) -> tuple[float, float]:
-        # histogram of |x| from the signed histogram
+        # Histogram of |x|, folded exactly: a signed range is [-a, a] (power-of-two ranges, see
+        # _grow), so bin j of the upper half and its mirror in the lower half cover the same |x|.
+        # (Re-binning bin centres into as many |x| bins left every other bin empty: a comb that
+        # skews the KL search.)
         amax = max(abs(self.lo), abs(self.hi))
-        nb = self.nbins
-        ah, _ = np.histogram(np.abs(self._centers()), bins=nb, range=(0, amax), weights=self.hist)
+        if self.lo < 0:
+            half = self.nbins // 2
+            ah = self.hist[half:] + self.hist[:half][::-1]
+        else:
+            ah = self.hist
         levels = 2 ** (bits - 1) if (symmetric or self.min < 0) else 2 ** bits
         t = kl_threshold(ah, amax, levels)
         return float(max(self.min, -t)), float(min(self.max, t))
