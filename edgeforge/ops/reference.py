@@ -40,32 +40,21 @@ def gated_attention(q, k, v, bias=None, log_f=None, scale: float | None = None, 
     check_gated_attention(q.shape, k.shape, v.shape, None if bias is None else bias.shape,
                           None if log_f is None else log_f.shape, causal)
     scale = default_scale(q.shape[-1]) if scale is None else scale
-    logits = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias
-    n, m = q.shape[-2], k.shape[-2]
-    if log_f is not None:
-        # FoX: c in fp32; only differences c_i - c_j (bounded for j <= i) ever enter the softmax.
-        c = torch.cumsum(log_f.float(), dim=-1).to(logits.dtype)
-        logits = logits + (c.unsqueeze(-1) - c.unsqueeze(-2))
-        causal = True
-    if causal:
-        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(diagonal=m - n)
-        logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(logits, dim=-1), v)
+    return gated_attention_graph(q, k, v, bias, log_f, scale, causal)
 
 
 def gated_attention_graph(q, k, v, bias=None, log_f=None, scale=None, causal: bool = False):
-    """The same math in the op order of the ONNX decomposition (q is scaled before q k^T), with no
-    checks and no Python ints read from shapes: torch.fx captures it op by op, so the torch
-    quantization simulation puts its quantizers exactly where the decomposed QDQ graph has them
-    (on scale * q, k, softmax output and v)."""
+    """`gated_attention` without the checks, in the op order of the ONNX decomposition (q is
+    scaled before q k^T) and reading no Python ints from shapes: torch.fx captures it op by op,
+    so the torch quantization simulation puts its quantizers exactly where the decomposed QDQ
+    graph has them (on scale * q, k, softmax output and v)."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
     logits = torch.matmul(q * scale, k.transpose(-1, -2))
     if bias is not None:
         logits = logits + bias
     if log_f is not None:
+        # FoX: c in fp32; only differences c_i - c_j (bounded for j <= i) ever enter the softmax.
         c = torch.cumsum(log_f.float(), dim=-1).to(logits.dtype)
         logits = logits + (c.unsqueeze(-1) - c.unsqueeze(-2))
         causal = True

@@ -19,7 +19,7 @@ import onnx
 
 from edgeforge.quant import placement
 from edgeforge.quant.calibrate import observe
-from edgeforge.quant.observers import METHODS, Observer, weight_params
+from edgeforge.quant.observers import METHODS, Observer, observer_for, weight_params
 from edgeforge.quant.qdq import build_qdq
 from edgeforge.quant.quantizers import QParams
 from edgeforge.quant.scheme import Scheme, convert_for_target
@@ -69,14 +69,6 @@ def prepare(model: onnx.ModelProto, runtime: str = "onnxruntime") -> tuple[onnx.
     return m, passes
 
 
-def observer_for(method: str, producer_op: str | None) -> str:
-    """The observer of one activation. Softmax outputs always take their observed min/max: they
-    are bounded in [0, 1], so clipping them buys little resolution and costs the rare large
-    attention weights that matter most (KL calibration clipped them to 16-40% on FMViT and took
-    its top-1 from 0.93 to 0.56). The torch simulation applies the same rule."""
-    return "minmax" if producer_op == "Softmax" else method
-
-
 def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Scheme,
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
                   percentile: float = 99.99, console=None, show_progress: bool = True) -> QuantizedOnnx:
@@ -87,8 +79,8 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     prepared, passes = prepare(model, scheme.runtime)
     plan = placement.plan(prepared, list(keep_fp), norm_inputs=norm_inputs)
     t_plan = time.perf_counter()
-    producers = placement.GraphIndex(prepared).producer
-    observers = {t: Observer(observer_for(method, producers[t].op_type if t in producers else None),
+    idx = placement.GraphIndex(prepared)
+    observers = {t: Observer(observer_for(method, idx.producer[t].op_type if t in idx.producer else None),
                              percentile=percentile) for t in plan.acts}
     observe(prepared, x, observers, console=console, show_progress=show_progress,
             desc=f"calibrating ({method}, {len(x)} samples)")
@@ -100,7 +92,6 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     # Weights: per-channel minmax at 8 bits; below 8 bits the MSE clip search (minmax wastes the
     # few levels on outliers). `weight_observer` overrides.
     wobs = weight_observer or ("mse" if method == "mse" or scheme.weight_bits < 8 else "minmax")
-    idx = placement.GraphIndex(prepared)
     weight_q = {}
     for ws in plan.weights:
         w = idx.init_array(ws.initializer)

@@ -22,6 +22,14 @@ METHODS = ("minmax", "percentile", "mse", "entropy")
 NBINS = 4096  # a power-of-two range wastes up to half of them on an unused end
 
 
+def observer_for(method: str, producer_op: str | None) -> str:
+    """The observer of one activation, given the op that produces it. Softmax outputs always take
+    their observed min/max: they are bounded in [0, 1], so clipping them buys little resolution
+    and costs the rare large attention weights that matter most (KL calibration clipped them to
+    16-40% of their range on FMViT). The ONNX engine and the torch simulation both use this."""
+    return "minmax" if producer_op == "Softmax" else method
+
+
 class Observer:
     """Streaming per-tensor observer: running min/max plus a growable histogram."""
 

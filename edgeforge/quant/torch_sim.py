@@ -26,8 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from edgeforge.quant.engine import observer_for
-from edgeforge.quant.observers import Observer, weight_params
+from edgeforge.quant.observers import Observer, observer_for, weight_params
 from edgeforge.quant.quantizers import QParams, log_params
 from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
 

@@ -138,18 +138,24 @@ EF_HD float ef_fmin(float a, float b) { return a < b ? a : b; }
 // Branch-free so the CPU build vectorizes it: x = n*ln2 + r with |r| <= ln2/2, exp(r) by a
 // degree-6 polynomial (relative error ~2e-7), 2^n assembled in the exponent bits. Inputs below
 // -87 (including -inf from masking) give exactly 0.
-EF_HD float exp_nonpos(float x) {
-    const float xc = ef_fmax(x, -87.0f);
-    const float n = static_cast<float>(static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f));
-    float r = xc - n * 0.693145751953125f;
+// exp(xc - n ln2) for the clamped input xc and the integer-valued n: the range reduction (ln2 in
+// two parts) and the polynomial, written once for a float and for a 16-lane register tile.
+template <typename T>
+EF_HD T exp_reduced(const T& xc, const T& n) {
+    T r = xc - n * 0.693145751953125f;
     r = r - n * 1.428606765330187e-06f;
-    float p = 1.3888889e-3f;
-    p = p * r + 8.3333333e-3f;
+    T p = r * 1.3888889e-3f + 8.3333333e-3f;
     p = p * r + 4.1666667e-2f;
     p = p * r + 1.6666667e-1f;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    return p * r + 1.0f;
+}
+
+EF_HD float exp_nonpos(float x) {
+    const float xc = ef_fmax(x, -87.0f);
+    const float n = static_cast<float>(static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f));
+    const float p = exp_reduced(xc, n);
     const float scale = bits_to_float((static_cast<int32_t>(n) + 127) << 23);
     // A multiply by the mask rather than a select: GCC vectorizes this loop body (with
     // -fno-trapping-math, see CMakeLists.txt), not the select.
@@ -169,16 +175,7 @@ inline F16 f16_exp_nonpos(const F16& x) {
     const F16 lo = f16_splat(-87.0f);
     const F16 xc = x > lo ? x : lo;
     const I16 ni = __builtin_convertvector(xc * 1.44269504088896341f - 0.5f, I16);
-    const F16 n = __builtin_convertvector(ni, F16);
-    F16 r = xc - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
-    F16 p = f16_splat(1.3888889e-3f);
-    p = p * r + 8.3333333e-3f;
-    p = p * r + 4.1666667e-2f;
-    p = p * r + 1.6666667e-1f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const F16 p = exp_reduced(xc, __builtin_convertvector(ni, F16));
     const I16 bits = (ni + 127) << 23;
     F16 scale;
     std::memcpy(&scale, &bits, sizeof scale);

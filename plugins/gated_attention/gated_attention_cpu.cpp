@@ -34,22 +34,6 @@ constexpr int kChunks = 1;
 #endif
 constexpr int64_t kChunk = 16 * kChunks;
 
-// s[j] += bias[j] over a contiguous bias row, reporting whether any sum is NaN or +inf (-inf is a
-// valid mask value). One pass: the check rides on the add (integer OR over the bits, which
-// vectorizes) instead of a second pass over the bias.
-bool add_bias_row_checked(float* EF_RESTRICT s, const float* EF_RESTRICT bias, int64_t kb) {
-    constexpr uint32_t kExp = 0x7f800000u, kNegInfBits = 0xff800000u;
-    uint32_t bad = 0;
-    for (int64_t j = 0; j < kb; ++j) {
-        const float y = s[j] + bias[j];
-        s[j] = y;
-        uint32_t u;
-        std::memcpy(&u, &y, sizeof u);
-        bad |= static_cast<uint32_t>((u & kExp) == kExp) & static_cast<uint32_t>(u != kNegInfBits);
-    }
-    return bad != 0;
-}
-
 // Register tiles of exactly `rows` rows (1 .. R): the last rows of a block get a smaller tile
 // instead of padding rows that would be computed and thrown away.
 template <int NC, int R = kGroup>
@@ -214,15 +198,11 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
                     const float* bias_row = x.bias ? x.bias + bi * bs[0] + hi * bs[1] + i * bs[2] : nullptr;
                     // NaN or +inf logits would be dropped by the softmax's masked exp, so they are
                     // caught here, in the same pass over the row (in L1) that takes its maximum.
+                    const int64_t from = fused_bias ? full : 0;  // whole chunks got their bias in the tile
+                    ga_add_bias(sr + from, kb - from, i, j0 + from, bias_row, bs[3], c.empty() ? nullptr : c.data(),
+                                ga_key_limit(s, i));
                     bool bad = false;
-                    float tmax;
-                    if (fused_bias) {  // whole chunks got their bias in the tile; the rest here
-                        bad = add_bias_row_checked(sr + full, bias_row + j0 + full, kb - full);
-                        tmax = max_checked(sr, kb, bad);
-                    } else {
-                        ga_add_bias(sr, kb, i, j0, bias_row, bs[3], c.empty() ? nullptr : c.data(), ga_key_limit(s, i));
-                        tmax = max_checked(sr, kb, bad);
-                    }
+                    const float tmax = max_checked(sr, kb, bad);
                     if (bad) bad_logits.store(true, std::memory_order_relaxed);
                     ga_softmax_step_max(sr, kb, tmax, m[r], l[r], acc.data() + r * x.Dv, x.Dv);
                 }
