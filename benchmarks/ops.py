@@ -6,8 +6,9 @@ decompositions vs the torch reference. Writes benchmarks/results/ops.json.
 LinearScan: B 1, C 768, T in 8/16/32/64; decompositions unrolled, parallel (cumsum + masked
 exp + MatMul) and Loop, so that `edgeforge.ops.decompose.BEST_SCAN_FORM` rests on numbers.
 GatedAttention: B 1, H 4, D 32, N = M in 49/196/784, with RMT's constant decay table (bias) and
-with FoX's forget gates (log_f). The ONNX Runtime contenders alternate in blocks of calls and the
-median per-call time over blocks is reported. The torch reference is timed on its own afterwards:
+with FoX's forget gates (log_f). The ONNX Runtime contenders alternate in blocks of calls, each
+block after an idle pause (so that no other session's spinning threads share the cores; see
+`alternate`) and a few untimed calls, and the median per-call time over blocks is reported. The torch reference is timed on its own afterwards:
 its OpenMP threads keep spinning after a call and slowed whichever session ran right after it
 (the custom-op kernel, in the old interleaved order, by up to 20% at N = 784).
 Because wall time on a shared machine swings with other load, the kernel and the best
@@ -34,6 +35,11 @@ from edgeforge.artifacts import write_json_atomic  # noqa: E402
 from edgeforge.ops import build, decompose, native, reference  # noqa: E402
 from edgeforge.ops import implementations as impls  # noqa: E402
 
+# Seconds of idle before each timed block: longer than ONNX Runtime's worker spin (measured
+# between 20 and 100 ms here: a block right after another session's ran slow until 100 ms).
+SETTLE_S = 0.15
+REWARM_S = 0.01
+
 
 def _session(model, custom: bool, threads: int):
     so = ort.SessionOptions()
@@ -45,8 +51,17 @@ def _session(model, custom: bool, threads: int):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def alternate(contenders: dict, rounds: int, block: int, warmup: int) -> dict:
-    """Median per-call milliseconds of each contender, running them in alternating blocks."""
+def alternate(contenders: dict, rounds: int, block: int, warmup: int, settle_s: float = SETTLE_S) -> dict:
+    """Median per-call milliseconds of each contender, running them in alternating blocks.
+
+    Before each timed block the machine is left idle for `settle_s` and the contender is warmed up
+    with a few untimed calls: ONNX Runtime's pool threads (and torch's OpenMP threads) keep
+    spinning for tens of milliseconds after a call, and on this 2-vCPU machine a neighbour's
+    spinning thread takes the core the measured session's own second thread needs. Measured at
+    N = 49 (2 threads): the kernel ran at 49-51 us per call right after a block of the
+    decomposition, 36 us after a 100 ms pause, and 28 us warmed up on its own (after the pause,
+    the first 50 calls averaged 46 us and the next ones 27-30 us: hence the untimed calls).
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -56,6 +71,13 @@ def alternate(contenders: dict, rounds: int, block: int, warmup: int) -> dict:
         # The order flips every round so that no contender always runs right after the same one.
         for name in (order if i % 2 == 0 else order[::-1]):
             fn = contenders[name]
+            time.sleep(settle_s)
+            # Untimed calls for REWARM_S: after an idle pause the first ~2 ms of calls ran 1.3-1.7x
+            # slower here (the idle vCPU ramping back up), whichever contender it was.
+            t_end, n = time.perf_counter() + REWARM_S, 0
+            while n < 3 or time.perf_counter() < t_end:
+                fn()
+                n += 1
             t0 = time.perf_counter()
             for _ in range(block):
                 fn()

@@ -134,57 +134,64 @@ inline float f16_reduce_add(F16 a) {
 EF_HD float ef_fmax(float a, float b) { return a > b ? a : b; }
 EF_HD float ef_fmin(float a, float b) { return a < b ? a : b; }
 
-// exp(x) for x <= 0 (the softmax only ever exponentiates differences to a running maximum).
-// Branch-free so the CPU build vectorizes it: x = n*ln2 + r with |r| <= ln2/2, exp(r) by a
-// degree-6 polynomial (relative error ~2e-7), 2^n assembled in the exponent bits. Inputs below
-// -87 (including -inf from masking) give exactly 0.
-// exp(xc - n ln2) for the clamped input xc and the integer-valued n: the range reduction (ln2 in
-// two parts) and the polynomial, written once for a float and for a 16-lane register tile.
+EF_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+    return static_cast<uint32_t>(__float_as_int(f));
+#else
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+#endif
+}
+
+// 2^t for t <= 0 (the softmax exponentiates only differences to a running maximum, as
+// t = (s - m) * log2(e)). t = n + r with n = round(t), |r| <= 1/2; 2^r by a degree-5 polynomial
+// fitted for relative error (2.4e-7 in float arithmetic); 2^n added to the exponent bits.
+// t + 1.5 * 2^23 rounds t to an integer held in the low mantissa bits (so that n costs two adds
+// and no float/int conversions); shifting those bits left by 23 gives n in the exponent field.
+// t below -125 (including -inf from masking, and NaN) gives exactly 0: 2^-125 is too small to
+// change a softmax whose largest weight is 1. Written once for a float and a 16-lane tile.
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
+constexpr float kExp2Min = -125.0f;
+
 template <typename T>
-EF_HD T exp_reduced(const T& xc, const T& n) {
-    T r = xc - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
-    T p = r * 1.3888889e-3f + 8.3333333e-3f;
-    p = p * r + 4.1666667e-2f;
-    p = p * r + 1.6666667e-1f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    return p * r + 1.0f;
+EF_HD T exp2_poly(const T& r) {
+    T p = r * 1.3276471e-3f + 9.6755419e-3f;
+    p = p * r + 5.5507131e-2f;
+    p = p * r + 2.4022120e-1f;
+    p = p * r + 6.9314694e-1f;
+    return p * r + 1.0000001f;
 }
 
-EF_HD float exp_nonpos(float x) {
-    const float xc = ef_fmax(x, -87.0f);
-    const float n = static_cast<float>(static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f));
-    const float p = exp_reduced(xc, n);
-    const float scale = bits_to_float((static_cast<int32_t>(n) + 127) << 23);
-    // A multiply by the mask rather than a select: GCC vectorizes this loop body (with
-    // -fno-trapping-math, see CMakeLists.txt), not the select.
-    return p * scale * static_cast<float>(x >= -87.0f);
+EF_HD float exp2_nonpos(float t) {
+    const float a = t + kRoundMagic;
+    const float p = exp2_poly(t - (a - kRoundMagic));
+    return t >= kExp2Min ? bits_to_float(static_cast<int32_t>(float_to_bits(p) + (float_to_bits(a) << 23))) : 0.0f;
 }
 
-// exp_nonpos over the 16 lanes of a register tile (the softmax exponentiates and sums in one pass).
+// exp(x) for x <= 0.
+EF_HD float exp_nonpos(float x) { return exp2_nonpos(x * kLog2e); }
+
+// 2^t over the 16 lanes of a register tile (the softmax exponentiates and sums in one pass).
 #if defined(__CUDACC__) || !(defined(__GNUC__) || defined(__clang__))
-EF_HD F16 f16_exp_nonpos(const F16& x) {
+EF_HD F16 f16_exp2_nonpos(const F16& t) {
     F16 r;
-    for (int i = 0; i < 16; ++i) r.v[i] = exp_nonpos(x.v[i]);
+    for (int i = 0; i < 16; ++i) r.v[i] = exp2_nonpos(t.v[i]);
     return r;
 }
 #else
 typedef int32_t I16 __attribute__((vector_size(64)));
-inline F16 f16_exp_nonpos(const F16& x) {
-    const F16 lo = f16_splat(-87.0f);
-    const F16 xc = x > lo ? x : lo;
-    const I16 ni = __builtin_convertvector(xc * 1.44269504088896341f - 0.5f, I16);
-    const F16 p = exp_reduced(xc, __builtin_convertvector(ni, F16));
-    const I16 bits = (ni + 127) << 23;
-    F16 scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    const F16 e = p * scale;
-    I16 e_bits;
-    std::memcpy(&e_bits, &e, sizeof e_bits);
-    e_bits &= (x >= lo);  // all-ones lanes where x >= -87, so -inf and underflow give exactly 0
+typedef uint32_t U16 __attribute__((vector_size(64)));
+inline F16 f16_exp2_nonpos(const F16& t) {
+    const F16 a = t + kRoundMagic;
+    const F16 p = exp2_poly(t - (a - kRoundMagic));
+    U16 pb, ab;
+    std::memcpy(&pb, &p, sizeof pb);
+    std::memcpy(&ab, &a, sizeof ab);
+    const U16 e = (pb + (ab << 23)) & (U16)(t >= kExp2Min);  // all-ones lanes where t >= -125
     F16 out;
-    std::memcpy(&out, &e_bits, sizeof out);
+    std::memcpy(&out, &e, sizeof out);
     return out;
 }
 #endif

@@ -57,24 +57,6 @@ EF_HD void ga_logits_tile(const QT* EF_RESTRICT q, int64_t q_stride, const KT* E
         for (int c = 0; c < NC; ++c) f16_store(s + r * s_stride + 16 * c, acc[r][c], scale);
 }
 
-// Logits of up to 16 * NR query rows, stored transposed (qt[d * qt_stride + r], zero beyond the
-// last row), against the single key k (unit stride over d): one column of the logits,
-// s[r * s_stride] for r < rows. The CPU build computes the last few keys of a tile this way
-// instead of padding them to a whole 16-key register tile, which would do up to 16x the work.
-template <int NR, typename QT, typename KT>
-EF_HD void ga_logits_column(const QT* EF_RESTRICT qt, int64_t qt_stride, const KT* EF_RESTRICT k, int64_t D,
-                            float scale, float* EF_RESTRICT s, int64_t s_stride, int64_t rows) {
-    F16 acc[NR];
-    for (int c = 0; c < NR; ++c) acc[c] = f16_zero();
-    for (int64_t d = 0; d < D; ++d) {
-        const float kd = to_float(k[d]);
-        for (int c = 0; c < NR; ++c) f16_fma(acc[c], kd, f16_load(qt + d * qt_stride + 16 * c));
-    }
-    float col[16 * NR];
-    for (int c = 0; c < NR; ++c) f16_store(col + 16 * c, acc[c], scale);
-    for (int64_t r = 0; r < rows; ++r) s[r * s_stride] = col[r];
-}
-
 // Adds the additive bias, the forget-gate decay c_i - c_j, and the causal mask to the logits of
 // row i against keys j0 .. j0 + kb. bias_row points at bias(b, h, i, 0) (or is null); c at the
 // cumulative log forget gates of this (b, h) (or is null).
@@ -117,15 +99,16 @@ EF_HD void ga_softmax_step_max(float* EF_RESTRICT s, int64_t kb, float tmax, flo
     const float m_new = ef_fmax(m, tmax);
     const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
     // Exponentiate and sum in one pass over the tile.
+    // 2^((s - m) log2 e), the subtraction folded into one multiply-add per lane.
     lanes = f16_zero();
-    const F16 neg_m = f16_splat(-m_new);
+    const F16 log2e = f16_splat(kLog2e), neg_m = f16_splat(-m_new * kLog2e);
     for (j16 = 0; j16 + 16 <= kb; j16 += 16) {
-        const F16 e = f16_exp_nonpos(f16_add(f16_load(s + j16), neg_m));
+        const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j16), log2e), neg_m));
         f16_store(s + j16, e);
         lanes = f16_add(lanes, e);
     }
     float sum = f16_reduce_add(lanes);
-    for (int64_t j = j16; j < kb; ++j) sum += (s[j] = exp_nonpos(s[j] - m_new));
+    for (int64_t j = j16; j < kb; ++j) sum += (s[j] = exp2_nonpos(s[j] * kLog2e - m_new * kLog2e));
     l = l * corr + sum;
     if (corr != 1.0f)
         for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;

@@ -1,5 +1,5 @@
-// GatedAttention on the CPU: validation, per-head scratch (K transposed, cumulative forget gates)
-// and threading over (batch, head, block of query rows) around the shared math core.
+// GatedAttention on the CPU: validation, per-head scratch (K packed in key panels, cumulative
+// forget gates) and threading over (batch, head, block of query rows) around the shared math core.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -14,7 +14,7 @@ namespace ef {
 
 namespace {
 
-constexpr int64_t kRows = 32;   // query rows per work item (a multiple of kGroup)
+constexpr int64_t kRows = 32;   // query rows per work item
 // Keys per online-softmax tile, at most: a whole row of up to 1024 keys is one tile, so the
 // softmax is exact in one pass (no rescaling) and each bias row is read as one contiguous run
 // (32 rows x 1024 keys of scratch = 128 KiB, inside L2).
@@ -51,32 +51,131 @@ void accumulate_rows(int64_t rows, const float* p, int64_t p_stride, int64_t kb,
     ga_accumulate_tile<R, kChunks>(p, p_stride, kb, v, Dv, Dv, acc, Dv);
 }
 
-// Maximum of s[0, n) and whether any value is NaN or +inf, in one pass over the row.
-float max_checked(const float* EF_RESTRICT s, int64_t n, bool& bad) {
-    float mx = kNegInf;
-    int64_t j = 0;
+// The softmax of a row of logits, on whole vectors: a scratch row is writable up to the next
+// multiple of 16 keys, so its last partial vector is computed whole with the lanes past n masked
+// out of the maximum, the check and the sum (a scalar tail loop cost 6% of a call at N = 196).
 #if defined(__GNUC__) && !defined(__CUDACC__)
+inline I16 live_lanes(int64_t left) {
+    const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return lane < static_cast<int32_t>(left < 16 ? left : 16);
+}
+
+// Maximum of s[0, n) and whether any value is NaN or +inf, in one pass over the row.
+float max_checked(const float* EF_RESTRICT s, int64_t n, I16& bad_lanes) {
     F16 lanes = f16_splat(kNegInf);
-    I16 bad_lanes = I16{};
     const I16 exp_bits = I16{} + 0x7f800000, neg_inf_bits = I16{} + static_cast<int32_t>(0xff800000u);
-    for (; j + 16 <= n; j += 16) {
+    for (int64_t j = 0; j < n; j += 16) {
+        const I16 live = live_lanes(n - j);
         const F16 v = f16_load(s + j);
-        lanes = f16_max(lanes, v);
+        lanes = f16_max(lanes, live ? v : lanes);
         I16 u;
         std::memcpy(&u, &v, sizeof u);
-        bad_lanes |= ((u & exp_bits) == exp_bits) & (u != neg_inf_bits);
+        bad_lanes |= ((u & exp_bits) == exp_bits) & (u != neg_inf_bits) & live;
     }
-    mx = f16_reduce_max(lanes);
-    for (int i = 0; i < 16; ++i) bad = bad || bad_lanes[i] != 0;
+    return f16_reduce_max(lanes);
+}
+
+// Whether any lane of a max_checked accumulator is set (reduced once per work item: extracting
+// 16 lanes per row cost as much as the row's maximum at N = 49).
+bool any_bad(const I16& bad_lanes) {
+    I16 r = bad_lanes;
+    for (int i = 1; i < 16; ++i) r[0] |= r[i];
+    return r[0] != 0;
+}
+
+// s[j] += bias[j] for j < n (contiguous bias): whole vectors, then the last n % 16 one by one
+// (the bias row ends at M, so a whole last vector could read past the table).
+void add_bias_contiguous(float* EF_RESTRICT s, const float* EF_RESTRICT bias, int64_t n) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) f16_store(s + j, f16_add(f16_load(s + j), f16_load(bias + j)));
+    for (; j < n; ++j) s[j] += bias[j];
+}
+
+// One online-softmax step of a row given its maximum (see ga_softmax_step_max).
+void softmax_step(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float& l, float* EF_RESTRICT acc,
+                  int64_t Dv) {
+    if (tmax == kNegInf) {
+        for (int64_t j = 0; j < kb; ++j) s[j] = 0.0f;
+        return;
+    }
+    const float m_new = ef_fmax(m, tmax);
+    const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
+    const F16 log2e = f16_splat(kLog2e), neg_m = f16_splat(-m_new * kLog2e);
+    F16 sum = f16_zero();
+    for (int64_t j = 0; j < kb; j += 16) {
+        const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j), log2e), neg_m));
+        f16_store(s + j, e);
+        sum = f16_add(sum, live_lanes(kb - j) ? e : f16_zero());
+    }
+    l = l * corr + f16_reduce_add(sum);
+    if (corr != 1.0f)
+        for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;
+    m = m_new;
+}
+#else
+using I16 = bool;
+float max_checked(const float* s, int64_t n, I16& bad) {
+    if (first_non_finite(s, n, /*allow_neg_inf=*/true) >= 0) bad = true;
+    return ga_tile_max(s, n);
+}
+bool any_bad(const I16& bad) { return bad; }
+void add_bias_contiguous(float* s, const float* bias, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) s[j] += bias[j];
+}
+void softmax_step(float* s, int64_t kb, float tmax, float& m, float& l, float* acc, int64_t Dv) {
+    ga_softmax_step_max(s, kb, tmax, m, l, acc, Dv);
+}
 #endif
-    if (first_non_finite(s + j, n - j, /*allow_neg_inf=*/true) >= 0) bad = true;
-    for (; j < n; ++j) mx = ef_fmax(mx, s[j]);
-    return mx;
+
+// K transposed and packed in panels of kChunk keys: key j, dimension d at
+// kt[(j / kChunk) * D * kChunk + d * kChunk + j % kChunk]. A register tile then reads its keys as
+// one sequential stream (D * kChunk floats) instead of D rows of a long transposed matrix, which
+// re-streamed from L2 with a large stride for every group of 8 query rows.
+inline int64_t packed_key(int64_t j, int64_t d, int64_t D) { return (j / kChunk) * D * kChunk + d * kChunk + j % kChunk; }
+
+// Packs k (M, D) into kt as above, zero-filling the last panel's keys past M. Whole 8 x 8 blocks
+// are transposed in registers (unpack, shuffle, lane swap: 24 shuffles per 64 values); a scalar
+// strided copy was 13% of a call at N = 49.
+void pack_keys(const float* EF_RESTRICT k, int64_t M, int64_t D, float* EF_RESTRICT kt) {
+    int64_t j0 = 0, d0 = 0;
+#if defined(__GNUC__) && !defined(__CUDACC__)
+    typedef float F8 __attribute__((vector_size(32)));
+    for (j0 = 0; j0 + 8 <= M; j0 += 8)
+        for (d0 = 0; d0 + 8 <= D; d0 += 8) {
+            F8 r[8], t[8], u[8];
+            for (int i = 0; i < 8; ++i) std::memcpy(&r[i], k + (j0 + i) * D + d0, sizeof(F8));
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+                t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+            }
+            for (int i = 0; i < 8; i += 4)
+                for (int h = 0; h < 2; ++h) {
+                    u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+                    u[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+                }
+            for (int i = 0; i < 4; ++i) {  // 8 keys never straddle a panel (kChunk is a multiple of 8)
+                const F8 lo = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+                const F8 hi = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+                std::memcpy(kt + packed_key(j0, d0 + i, D), &lo, sizeof(F8));
+                std::memcpy(kt + packed_key(j0, d0 + i + 4, D), &hi, sizeof(F8));
+            }
+        }
+    // Left over: the last D % 8 dimensions of the whole blocks of keys, then the last M % 8 keys.
+    for (int64_t d = d0; d < D; ++d)
+        for (int64_t j = 0; j < j0; ++j) kt[packed_key(j, d, D)] = k[j * D + d];
+#endif
+    for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = j0; j < M; ++j) kt[packed_key(j, d, D)] = k[j * D + d];
+    if (M % kChunk != 0)  // the last panel's keys past M: one run of kChunk - M % kChunk per dimension
+        for (int64_t d = 0; d < D; ++d) {
+            float* run = kt + packed_key(M, d, D);
+            std::fill(run, run + (kChunk - M % kChunk), 0.0f);
+        }
 }
 
 Error bad_shape(const std::string& what) { return {kBadShape, "GatedAttention: " + what}; }
 
-Error validate(const GatedAttentionArgs& x, int64_t bias_strides[4]) {
+Error validate_shapes(const GatedAttentionArgs& x, int64_t bias_strides[4]) {
     if (x.B < 1 || x.H < 1 || x.N < 1 || x.M < 1 || x.D < 1 || x.Dv < 1) {
         std::ostringstream msg;
         msg << "every dimension must be >= 1; got B=" << x.B << " H=" << x.H << " N=" << x.N << " M=" << x.M
@@ -105,119 +204,164 @@ Error validate(const GatedAttentionArgs& x, int64_t bias_strides[4]) {
             return bad_shape(msg.str());
         }
     }
+    // The values of q, k, v and log_f are checked inside the parallel passes below (a serial scan
+    // of every input before the work costs as much as the work at small N); `value_errors` names
+    // the first bad input exactly, and runs only when a pass found one.
+    return {};
+}
+
+// A spin-wait hint (the other hyperthread gets the core's resources while this one waits).
+inline void pause_cpu() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+// The first non-finite input value, in the order q, k, v, log_f, bias (the exact, slow scan that
+// runs only after a fast check failed).
+Error value_errors(const GatedAttentionArgs& x) {
     if (Error e = check_finite("GatedAttention", "q", x.q, x.B * x.H * x.N * x.D)) return e;
     if (Error e = check_finite("GatedAttention", "k", x.k, x.B * x.H * x.M * x.D)) return e;
     if (Error e = check_finite("GatedAttention", "v", x.v, x.B * x.H * x.M * x.Dv)) return e;
-    // bias is not scanned here: it is the largest input (H * N * M) and a separate pass over it
-    // costs as much as adding it. Its values are checked where they land, in the logits (below).
     if (x.log_f != nullptr)
         if (Error e = check_finite("GatedAttention", "log_f", x.log_f, x.B * x.H * x.N)) return e;
+    if (x.bias != nullptr) {
+        const int64_t n = x.bias_shape[0] * x.bias_shape[1] * x.bias_shape[2] * x.bias_shape[3];
+        if (Error e = check_finite("GatedAttention", "bias", x.bias, n, /*allow_neg_inf=*/true)) return e;
+    }
     return {};
+}
+
+// Per-thread scratch of the work items, kept between calls (ONNX Runtime's pool threads live as
+// long as the session): allocating it per item cost a few percent of a call at N <= 196.
+struct ItemScratch {
+    std::vector<float> sc, acc, m, l;
+    std::vector<double> c;
+};
+
+template <typename T>
+T* at_least(std::vector<T>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
 }
 
 }  // namespace
 
 Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
     int64_t bs[4] = {0, 0, 0, 0};
-    if (Error e = validate(x, bs)) return e;
+    if (Error e = validate_shapes(x, bs)) return e;
     GatedAttentionShape s{x.B, x.H, x.N, x.M, x.D, x.Dv, x.scale, x.causal || x.log_f != nullptr,
                           {bs[0], bs[1], bs[2], bs[3]}};
-    // K transposed once per (b, h): the logits tiles then read keys with unit stride.
+    // Set when an input value is NaN or inf (-inf is allowed in the bias), or when a logit (after
+    // the bias) is NaN or +inf: a bad bias value or a q.k overflow. The work still runs to the end
+    // on such values (it never indexes by them); its output is then discarded for the error.
+    std::atomic<bool> bad_values{false}, bad_logits{false};
+    // K packed once per (b, h) (pack_keys): the logits tiles then read keys as one stream. The same
+    // pass checks this (b, h)'s k, v and log_f, which it has in cache or is about to.
     const int64_t m_pad = (x.M + kChunk - 1) / kChunk * kChunk;
     // Scratch is left uninitialised where every entry read is written first (zeroing it costs a
-    // pass over memory per call); only K^T's padding columns need zeros.
+    // pass over memory per call); only the packed keys' padding needs zeros.
     std::unique_ptr<float[]> k_t(new float[static_cast<size_t>(x.B * x.H * x.D * m_pad)]);
-    pf(x.B * x.H, [&](int64_t bh) {
+    auto prepare_head = [&](int64_t bh) {
         const float* k = x.k + bh * x.M * x.D;
         float* kt = k_t.get() + bh * x.D * m_pad;
-        for (int64_t d = 0; d < x.D; ++d)  // unit-stride writes: strided reads cost less than strided writes
-            for (int64_t j = 0; j < x.M; ++j) kt[d * m_pad + j] = k[j * x.D + d];
-        for (int64_t d = 0; d < x.D; ++d) std::fill(kt + d * m_pad + x.M, kt + (d + 1) * m_pad, 0.0f);
-    });
-    // Set when a logit (after the bias) is NaN or +inf: a bad bias value or a q.k overflow.
-    std::atomic<bool> bad_logits{false};
+        bool bad = first_non_finite(k, x.M * x.D) >= 0 || first_non_finite(x.v + bh * x.M * x.Dv, x.M * x.Dv) >= 0;
+        if (x.log_f != nullptr) bad = bad || first_non_finite(x.log_f + bh * x.N, x.N) >= 0;
+        if (bad) bad_values.store(true, std::memory_order_relaxed);
+        pack_keys(k, x.M, x.D, kt);
+    };
     const int64_t row_blocks = (x.N + kRows - 1) / kRows;
-    pf(x.B * x.H * row_blocks, [&](int64_t item) {
-        const int64_t bh = item / row_blocks, r0 = (item % row_blocks) * kRows;
+    auto row_block = [&](int64_t bh, int64_t r0) {
         const int64_t rows = (r0 + kRows < x.N ? r0 + kRows : x.N) - r0;
         const int64_t bi = bh / x.H, hi = bh % x.H;
         const float* v = x.v + bh * x.M * x.Dv;
-        // Keys this block can see at most (causal rows see a prefix). K^T rows are padded to whole
-        // key chunks with zeros; padded keys are masked by ga_add_bias (they lie beyond every limit).
+        // The block's query rows, read in place; each row belongs to one block, so this checks q once.
+        const float* q = x.q + (bh * x.N + r0) * x.D;
+        if (first_non_finite(q, rows * x.D) >= 0) bad_values.store(true, std::memory_order_relaxed);
+        // Keys this block can see at most (causal rows see a prefix). Packed keys are padded to whole
+        // key chunks with zeros; padded keys are never read past kb below.
         const int64_t keys = ga_key_limit(s, r0 + rows - 1);
         const float* kt = k_t.get() + bh * x.D * m_pad;
-        // The block's query rows, as rows (for the register tiles) and transposed, zero-padded to
-        // kRows (for the column tail: 16-row vectors).
-        std::vector<float> q(x.q + (bh * x.N + r0) * x.D, x.q + (bh * x.N + r0 + rows) * x.D);
-        std::vector<float> q_t;  // filled on the first key tile with a column tail
-        const float* k_rows = x.k + bh * x.M * x.D;
-        std::vector<double> c;
+        const int64_t kKeys = std::min(kMaxKeys, (keys + kChunk - 1) / kChunk * kChunk);  // a multiple of kChunk
+        thread_local ItemScratch scratch;
+        float* sc = at_least(scratch.sc, kRows * kKeys);  // written before read
+        float* acc = at_least(scratch.acc, kRows * x.Dv);
+        float* m = at_least(scratch.m, kRows);
+        float* l = at_least(scratch.l, kRows);
+        std::fill(acc, acc + rows * x.Dv, 0.0f);
+        std::fill(m, m + rows, kNegInf);
+        std::fill(l, l + rows, 0.0f);
+        const double* c = nullptr;
         if (x.log_f != nullptr) {
             // Cumulative log forget gates; only differences c_i - c_j enter the softmax.
-            c.resize(static_cast<size_t>(x.N));
+            double* cw = at_least(scratch.c, x.N);
             const float* lf = x.log_f + bh * x.N;
             double run = 0.0;
-            for (int64_t j = 0; j < x.N; ++j) c[j] = (run += lf[j]);
+            for (int64_t j = 0; j < x.N; ++j) cw[j] = (run += lf[j]);
+            c = cw;
         }
-        std::vector<float> acc(static_cast<size_t>(kRows * x.Dv), 0.0f), m(kRows, kNegInf), l(kRows, 0.0f);
+        I16 bad_lanes{};  // set where a logit (after the bias) is NaN or +inf; see max_checked
         // A contiguous, non-causal bias row (RMT's decay table) is added inside the logits tiles.
-        const bool fused_bias = x.bias != nullptr && bs[3] == 1 && c.empty() && !s.causal;
-        const int64_t kKeys = std::min(kMaxKeys, (keys + kChunk - 1) / kChunk * kChunk);  // a multiple of kChunk
-        std::unique_ptr<float[]> sc(new float[static_cast<size_t>(kRows * kKeys)]);  // written before read
+        const bool fused_bias = x.bias != nullptr && bs[3] == 1 && c == nullptr && !s.causal;
         for (int64_t j0 = 0; j0 < keys; j0 += kKeys) {
             const int64_t kb = j0 + kKeys < keys ? kKeys : keys - j0;
-            // Keys [0, tiled) go through register tiles (whole chunks, then a 16-key tile with
-            // zero-padded keys when 4 or more are left); the last 1-3, one column at a time (a column
-            // needs a transposed copy of q, worth it only when it saves most of a padded tile).
-            const int64_t full = kb / kChunk * kChunk;
-            int64_t tiled = full;
-            while (kb - tiled >= 4) tiled += 16;  // K^T is zero-padded to whole chunks
-            if (tiled < kb && q_t.empty()) {
-                q_t.assign(static_cast<size_t>(x.D * kRows), 0.0f);
-                for (int64_t d = 0; d < x.D; ++d)
-                    for (int64_t r = 0; r < rows; ++r) q_t[d * kRows + r] = q[r * x.D + d];
-            }
-            for (int64_t j = tiled; j < kb; ++j)
-                ga_logits_column<kRows / 16>(q_t.data(), kRows, k_rows + (j0 + j) * x.D, x.D, x.scale, sc.get() + j,
-                                             kKeys, rows);
+            // Keys [0, full) go through whole-chunk register tiles, the rest through 16-key tiles
+            // whose last keys are the packed keys' zero padding (computed and never read). A padded tile costs
+            // a few FMAs per row; a column-wise tail needed q transposed, which cost more at N <= 64.
+            const int64_t full = kb / kChunk * kChunk, tiled = (kb + 15) / 16 * 16;
             for (int64_t g = 0; g < rows; g += kAccGroup) {
                 const int64_t g_rows = std::min<int64_t>(kAccGroup, rows - g);
                 for (int64_t gl = g; gl < g + g_rows; gl += kGroup) {
                     const int64_t n = std::min<int64_t>(kGroup, g + g_rows - gl);
                     const float* bias_g = fused_bias ? x.bias + bi * bs[0] + hi * bs[1] + (r0 + gl) * bs[2] + j0 : nullptr;
                     for (int64_t jc = 0; jc < full; jc += kChunk)
-                        logits_rows<kChunks>(n, q.data() + gl * x.D, x.D, kt + j0 + jc, m_pad, x.scale,
-                                             sc.get() + gl * kKeys + jc, kKeys, bias_g ? bias_g + jc : nullptr, bs[2]);
+                        logits_rows<kChunks>(n, q + gl * x.D, x.D, kt + packed_key(j0 + jc, 0, x.D), kChunk, x.scale,
+                                             sc + gl * kKeys + jc, kKeys, bias_g ? bias_g + jc : nullptr, bs[2]);
                     for (int64_t jc = full; jc < tiled; jc += 16)
-                        logits_rows<1>(n, q.data() + gl * x.D, x.D, kt + j0 + jc, m_pad, x.scale,
-                                       sc.get() + gl * kKeys + jc, kKeys);
+                        logits_rows<1>(n, q + gl * x.D, x.D, kt + packed_key(j0 + jc, 0, x.D), kChunk, x.scale,
+                                       sc + gl * kKeys + jc, kKeys);
                 }
                 for (int64_t r = g; r < g + g_rows; ++r) {
-                    float* sr = sc.get() + r * kKeys;
+                    float* sr = sc + r * kKeys;
                     const int64_t i = r0 + r;
                     const float* bias_row = x.bias ? x.bias + bi * bs[0] + hi * bs[1] + i * bs[2] : nullptr;
                     // NaN or +inf logits would be dropped by the softmax's masked exp, so they are
                     // caught here, in the same pass over the row (in L1) that takes its maximum.
-                    const int64_t from = fused_bias ? full : 0;  // whole chunks got their bias in the tile
-                    ga_add_bias(sr + from, kb - from, i, j0 + from, bias_row, bs[3], c.empty() ? nullptr : c.data(),
-                                ga_key_limit(s, i));
-                    bool bad = false;
-                    const float tmax = max_checked(sr, kb, bad);
-                    if (bad) bad_logits.store(true, std::memory_order_relaxed);
-                    ga_softmax_step_max(sr, kb, tmax, m[r], l[r], acc.data() + r * x.Dv, x.Dv);
+                    if (fused_bias)  // whole chunks got their bias in the tile; no mask applies
+                        add_bias_contiguous(sr + full, bias_row + j0 + full, kb - full);
+                    else
+                        ga_add_bias(sr, kb, i, j0, bias_row, bs[3], c, ga_key_limit(s, i));
+                    const float tmax = max_checked(sr, kb, bad_lanes);
+                    softmax_step(sr, kb, tmax, m[r], l[r], acc + r * x.Dv, x.Dv);
                 }
-                accumulate_rows(g_rows, sc.get() + g * kKeys, kKeys, kb, v + j0 * x.Dv, x.Dv, acc.data() + g * x.Dv);
+                accumulate_rows(g_rows, sc + g * kKeys, kKeys, kb, v + j0 * x.Dv, x.Dv, acc + g * x.Dv);
             }
         }
-        for (int64_t r = 0; r < rows; ++r)
-            ga_finish(acc.data() + r * x.Dv, l[r], x.Dv, x.o + (bh * x.N + r0 + r) * x.Dv);
-    });
-    if (bad_logits.load()) {
-        // The slow, exact scan runs only here, to name the input and the index.
-        if (x.bias != nullptr) {
-            const int64_t n = x.bias_shape[0] * x.bias_shape[1] * x.bias_shape[2] * x.bias_shape[3];
-            if (Error e = check_finite("GatedAttention", "bias", x.bias, n, /*allow_neg_inf=*/true)) return e;
+        if (any_bad(bad_lanes)) bad_logits.store(true, std::memory_order_relaxed);
+        for (int64_t r = 0; r < rows; ++r) ga_finish(acc + r * x.Dv, l[r], x.Dv, x.o + (bh * x.N + r0 + r) * x.Dv);
+    };
+    // One round trip through the thread pool: the first work item of a head packs its keys (and
+    // checks k, v, log_f); the head's other items wait for that (about a microsecond) instead of
+    // a whole second parallel pass, which cost a few microseconds per call at N <= 196.
+    std::unique_ptr<std::atomic<int>[]> head_state(new std::atomic<int>[static_cast<size_t>(x.B * x.H)]);
+    for (int64_t bh = 0; bh < x.B * x.H; ++bh) head_state[bh].store(0, std::memory_order_relaxed);
+    pf(x.B * x.H * row_blocks, [&](int64_t item) {
+        const int64_t bh = item / row_blocks;
+        std::atomic<int>& state = head_state[bh];
+        int idle = 0;
+        if (state.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
+            prepare_head(bh);
+            state.store(2, std::memory_order_release);
+        } else {
+            while (state.load(std::memory_order_acquire) != 2) pause_cpu();
         }
+        row_block(bh, (item % row_blocks) * kRows);
+    });
+    if (bad_values.load() || bad_logits.load()) {
+        // The slow, exact scan runs only here, to name the input and the index.
+        if (Error e = value_errors(x)) return e;
         return {kNonFinite, "GatedAttention: scale * q.k overflows float32 (the logits are not finite); "
                             "the inputs are finite but too large"};
     }
