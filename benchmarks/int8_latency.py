@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeforge.artifacts import write_json_atomic  # noqa: E402
+from settle import settle  # noqa: E402
 
 
 def _ort_runner(path: Path, threads: int):
@@ -61,7 +62,11 @@ def _ov_runner(path: Path, threads: int):
 
 
 def alternate(runners: dict, x: np.ndarray, blocks: int, calls: int, warmup: int = 3) -> dict:
-    """Median per-call latency (ms) per runner, timed in alternating blocks; per-block medians kept."""
+    """Median per-call latency (ms) per runner, timed in alternating blocks; per-block medians kept.
+
+    Each block follows an idle pause and two untimed calls (`settle`): without it the previous
+    model's spinning pool thread shared the cores with the first calls of every block.
+    """
     for r in runners.values():
         for _ in range(warmup):
             r(x)
@@ -69,6 +74,7 @@ def alternate(runners: dict, x: np.ndarray, blocks: int, calls: int, warmup: int
     for b in range(blocks):
         order = list(runners) if b % 2 == 0 else list(reversed(runners))
         for k in order:
+            settle(lambda: runners[k](x), rewarm_s=0.0)
             ts = []
             for _ in range(calls):
                 t0 = time.perf_counter()
@@ -157,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
            "targets": {"cpu-ort": {"ratio_max": 0.7, "ort_quantize_static_reference": 0.9},
                        "cpu-openvino": {"ratio_max": 0.5}},
            "openvino_inference_precision_hint": args.ov_precision,
-           "method": f"alternating blocks: {args.blocks} blocks x {args.calls} calls, median per block, "
-                     "median over blocks; ratio = median of per-block ratios",
+           "method": f"alternating blocks: {args.blocks} blocks x {args.calls} calls, each after a "
+                     "150 ms idle pause and 2 untimed calls; median per block, median over blocks; "
+                     "ratio = median of per-block ratios",
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "threads": args.threads or "runtime default",
                        "load_avg_at_end": os.getloadavg()},

@@ -34,11 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeforge.artifacts import write_json_atomic  # noqa: E402
 from edgeforge.ops import build, decompose, native, reference  # noqa: E402
 from edgeforge.ops import implementations as impls  # noqa: E402
-
-# Seconds of idle before each timed block: longer than ONNX Runtime's worker spin (measured
-# between 20 and 100 ms here: a block right after another session's ran slow until 100 ms).
-SETTLE_S = 0.15
-REWARM_S = 0.01
+from settle import settle  # noqa: E402
 
 
 def _session(model, custom: bool, threads: int):
@@ -51,17 +47,10 @@ def _session(model, custom: bool, threads: int):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def alternate(contenders: dict, rounds: int, block: int, warmup: int, settle_s: float = SETTLE_S) -> dict:
-    """Median per-call milliseconds of each contender, running them in alternating blocks.
-
-    Before each timed block the machine is left idle for `settle_s` and the contender is warmed up
-    with a few untimed calls: ONNX Runtime's pool threads (and torch's OpenMP threads) keep
-    spinning for tens of milliseconds after a call, and on this 2-vCPU machine a neighbour's
-    spinning thread takes the core the measured session's own second thread needs. Measured at
-    N = 49 (2 threads): the kernel ran at 49-51 us per call right after a block of the
-    decomposition, 36 us after a 100 ms pause, and 28 us warmed up on its own (after the pause,
-    the first 50 calls averaged 46 us and the next ones 27-30 us: hence the untimed calls).
-    """
+def alternate(contenders: dict, rounds: int, block: int, warmup: int) -> dict:
+    """Median per-call milliseconds of each contender, running them in alternating blocks, each
+    after an idle pause and a few untimed calls (`settle`: spinning neighbours and an idle core
+    ramping up otherwise decide the result at small sizes)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -71,13 +60,7 @@ def alternate(contenders: dict, rounds: int, block: int, warmup: int, settle_s: 
         # The order flips every round so that no contender always runs right after the same one.
         for name in (order if i % 2 == 0 else order[::-1]):
             fn = contenders[name]
-            time.sleep(settle_s)
-            # Untimed calls for REWARM_S: after an idle pause the first ~2 ms of calls ran 1.3-1.7x
-            # slower here (the idle vCPU ramping back up), whichever contender it was.
-            t_end, n = time.perf_counter() + REWARM_S, 0
-            while n < 3 or time.perf_counter() < t_end:
-                fn()
-                n += 1
+            settle(fn, min_calls=3)
             t0 = time.perf_counter()
             for _ in range(block):
                 fn()
