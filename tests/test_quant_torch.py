@@ -36,6 +36,28 @@ def test_simulation_matches_qdq_export(tmp_path):
     assert np.allclose(sim(torch.from_numpy(x)).numpy(), ref, atol=1e-4)
 
 
+def test_simulation_rounds_biases_like_the_qdq_model(tmp_path):
+    """The QDQ model stores Conv/Gemm biases as int32 on the grid s_in * s_w; the simulation rounds
+    its biases to the same integers (with float biases its outputs sat ~4e-4 (cosine) off ORT's
+    on FMViT). Compared as |integers|: the ONNX graph folds a layer scale g into the conv before
+    (b * g on the grid s_in * s_w * |g|, the same integer up to sign)."""
+    from onnx import numpy_helper
+
+    from edgeforge.quant.torch_sim import QuantWeight
+
+    x = calib_x(16)
+    sim = quantize(tiny_model(), x[:8], "minmax")
+    q = quantize_onnx(onnx.load(str(export_onnx(tiny_model(), tmp_path / "m.onnx"))), x[:8], "minmax",
+                      resolve("w8a8"), show_progress=False)
+    onnx_ints = sorted(abs(int(v)) for i in q.model.graph.initializer if i.name.endswith("_bias_quantized")
+                       for v in numpy_helper.to_array(i).ravel())
+    rounded = [m for m in sim.model.modules() if isinstance(m, QuantWeight) and m.bq is not None]
+    sim_ints = sorted(abs(int(v)) for m in rounded for v in m.bias_int.ravel())
+    assert len(sim_ints) == len(onnx_ints) > 0 and sim_ints == onnx_ints
+    for m in rounded:  # and the simulation runs with them, not with the float biases
+        assert not torch.equal(m.bq, m.inner.bias.detach())
+
+
 def test_options_log_softmax_keep_fp_and_bad_models():
     x = calib_x(8)
     model = tiny_model()

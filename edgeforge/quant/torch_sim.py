@@ -75,21 +75,36 @@ class ActQuant(nn.Module):
 
 
 class QuantWeight(nn.Module):
-    """A Conv/Linear whose weight is fake-quantized per output channel (bias stays float)."""
+    """A Conv/Linear whose weight is fake-quantized per output channel; once its input's scale is
+    known (`quantize_bias`), its bias is rounded to the int32 grid s_in * s_w, as in the QDQ model."""
 
     def __init__(self, inner: nn.Module, qp: QParams):
         super().__init__()
         self.inner, self.qparams, self.enabled = inner, qp, True
         self.register_buffer("wq", _fake_quant(inner.weight.detach(), qp), persistent=False)
+        self.bq: torch.Tensor | None = None
+        self.bias_int: np.ndarray | None = None  # the int32 values the QDQ model stores
+
+    def quantize_bias(self, input_scale: float) -> None:
+        """Round the bias as the QDQ export does (`qdq.py`: int32, scale s_in * s_w, zero-point 0)."""
+        b = self.inner.bias
+        if b is None:
+            return
+        bscale = float(input_scale) * np.asarray(self.qparams.scale, np.float64).reshape(-1)
+        if bscale.size == 1:
+            bscale = np.full(b.shape, bscale[0])
+        bq = np.clip(np.rint(b.detach().cpu().double().numpy() / bscale), -2 ** 31, 2 ** 31 - 1)
+        self.bias_int = bq.astype(np.int64)
+        # float32 product, as DequantizeLinear computes it
+        self.bq = torch.from_numpy(bq.astype(np.float32) * bscale.astype(np.float32)).to(b.dtype)
 
     def forward(self, x):
-        w = self.wq if self.enabled else self.inner.weight
+        w, b = (self.wq, self.inner.bias if self.bq is None else self.bq) if self.enabled else \
+            (self.inner.weight, self.inner.bias)
         m = self.inner
         if isinstance(m, nn.Linear):
-            return F.linear(x, w, m.bias)
-        if isinstance(m, nn.Conv2d):
-            return m._conv_forward(x, w, m.bias)
-        return m._conv_forward(x, w, m.bias)
+            return F.linear(x, w, b)
+        return m._conv_forward(x, w, b)
 
 
 @dataclass
@@ -300,6 +315,21 @@ def place(gm: fx.GraphModule, keep_fp: list[str] = (), norm_inputs: bool = False
     return sites, weighted, kept
 
 
+def _quantize_biases(gm: fx.GraphModule) -> None:
+    """Give every quantized Conv/Linear with a per-tensor uniform input quantizer the int32 bias of
+    the QDQ model (the input's quantizer is found behind shape ops, as `place` put it)."""
+    for n in gm.graph.nodes:
+        if n.op != "call_module" or not isinstance(gm.get_submodule(n.target), QuantWeight):
+            continue
+        a = n.args[0] if n.args else None
+        while isinstance(a, fx.Node) and _is_pass(gm, a) and isinstance(_pass_input(a), fx.Node):
+            a = _pass_input(a)
+        aq = gm.get_submodule(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
+        if isinstance(aq, ActQuant) and aq.qparams is not None and aq.qparams.kind == "uniform" \
+                and not aq.qparams.per_channel:
+            gm.get_submodule(n.target).quantize_bias(float(aq.qparams.scale))
+
+
 def _is_softmax(n: fx.Node) -> bool:
     return (n.op == "call_method" and n.target == "softmax") or \
         (n.op == "call_function" and n.target in (F.softmax, torch.softmax)) or \
@@ -383,4 +413,5 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
             qp = q.observer.params(scheme.act_bits, scheme.act_symmetric, scheme.act_signed)
             q.qparams = convert_for_target(qp, scheme, f"activation {q.site}")
         q.mode = "quant"
+    _quantize_biases(gm)
     return QuantizedModule(gm, scheme, method, act, wq, kept)
