@@ -64,7 +64,15 @@ inline I16 live_lanes(int64_t left) {
 float max_checked(const float* EF_RESTRICT s, int64_t n, I16& bad_lanes) {
     F16 lanes = f16_splat(kNegInf);
     const I16 exp_bits = I16{} + 0x7f800000, neg_inf_bits = I16{} + static_cast<int32_t>(0xff800000u);
-    for (int64_t j = 0; j < n; j += 16) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {  // whole vectors: no lane mask
+        const F16 v = f16_load(s + j);
+        lanes = f16_max(lanes, v);
+        I16 u;
+        std::memcpy(&u, &v, sizeof u);
+        bad_lanes |= ((u & exp_bits) == exp_bits) & (u != neg_inf_bits);
+    }
+    if (j < n) {  // the last partial vector, its lanes past n masked out
         const I16 live = live_lanes(n - j);
         const F16 v = f16_load(s + j);
         lanes = f16_max(lanes, live ? v : lanes);
@@ -102,7 +110,13 @@ void softmax_step(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float&
     const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
     const F16 log2e = f16_splat(kLog2e), neg_m = f16_splat(-m_new * kLog2e);
     F16 sum = f16_zero();
-    for (int64_t j = 0; j < kb; j += 16) {
+    int64_t j = 0;
+    for (; j + 16 <= kb; j += 16) {
+        const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j), log2e), neg_m));
+        f16_store(s + j, e);
+        sum = f16_add(sum, e);
+    }
+    if (j < kb) {  // whole last vector (the scratch row has room), lanes past kb out of the sum
         const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j), log2e), neg_m));
         f16_store(s + j, e);
         sum = f16_add(sum, live_lanes(kb - j) ? e : f16_zero());
