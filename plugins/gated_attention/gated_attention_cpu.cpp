@@ -361,15 +361,22 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
     // a whole second parallel pass, which cost a few microseconds per call at N <= 196.
     std::unique_ptr<std::atomic<int>[]> head_state(new std::atomic<int>[static_cast<size_t>(x.B * x.H)]);
     for (int64_t bh = 0; bh < x.B * x.H; ++bh) head_state[bh].store(0, std::memory_order_relaxed);
-    pf(x.B * x.H * row_blocks, [&](int64_t item) {
-        const int64_t bh = item / row_blocks;
-        std::atomic<int>& state = head_state[bh];
+    const int64_t heads = x.B * x.H;
+    auto try_pack = [&](int64_t bh) {  // packs head bh unless another thread has claimed it
         int idle = 0;
-        if (state.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
-            prepare_head(bh);
-            state.store(2, std::memory_order_release);
-        } else {
-            while (state.load(std::memory_order_acquire) != 2) pause_cpu();
+        if (!head_state[bh].compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) return false;
+        prepare_head(bh);
+        head_state[bh].store(2, std::memory_order_release);
+        return true;
+    };
+    pf(heads * row_blocks, [&](int64_t item) {
+        const int64_t bh = item / row_blocks;
+        if (!try_pack(bh)) {
+            // Another thread is packing this head: pack the next unclaimed heads meanwhile (their
+            // items come next), then wait for this one.
+            for (int64_t h = bh + 1; h < heads && head_state[bh].load(std::memory_order_acquire) != 2; ++h)
+                try_pack(h);
+            while (head_state[bh].load(std::memory_order_acquire) != 2) pause_cpu();
         }
         row_block(bh, (item % row_blocks) * kRows);
     });
