@@ -151,6 +151,13 @@ inline int64_t packed_key(int64_t j, int64_t d, int64_t D) { return (j / kChunk)
 // are transposed in registers (unpack, shuffle, lane swap: 24 shuffles per 64 values); a scalar
 // strided copy was 13% of a call at N = 49.
 void pack_keys(const float* EF_RESTRICT k, int64_t M, int64_t D, float* EF_RESTRICT kt) {
+    // The last panel is zeroed whole first (its keys past M must read as zeros); the copy below
+    // overwrites its real keys. Whole-row vector stores: a std::fill of the few padding floats per
+    // dimension compiled to `rep stos`, whose start-up cost was half of this function at N = 49.
+    if (M % kChunk != 0) {
+        float* last = kt + packed_key(M / kChunk * kChunk, 0, D);
+        for (int64_t i = 0; i < D * kChunk; i += 16) f16_store(last + i, f16_zero());
+    }
     int64_t j0 = 0, d0 = 0;
 #if defined(__GNUC__) && !defined(__CUDACC__)
     typedef float F8 __attribute__((vector_size(32)));
@@ -180,11 +187,7 @@ void pack_keys(const float* EF_RESTRICT k, int64_t M, int64_t D, float* EF_RESTR
 #endif
     for (int64_t d = 0; d < D; ++d)
         for (int64_t j = j0; j < M; ++j) kt[packed_key(j, d, D)] = k[j * D + d];
-    if (M % kChunk != 0)  // the last panel's keys past M: one run of kChunk - M % kChunk per dimension
-        for (int64_t d = 0; d < D; ++d) {
-            float* run = kt + packed_key(M, d, D);
-            std::fill(run, run + (kChunk - M % kChunk), 0.0f);
-        }
+
 }
 
 Error bad_shape(const std::string& what) { return {kBadShape, "GatedAttention: " + what}; }
