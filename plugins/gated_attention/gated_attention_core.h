@@ -25,8 +25,9 @@ EF_HD int64_t ga_key_limit(const GatedAttentionShape& s, int64_t i) {
 
 // Logits of R query rows against 16 * NC keys stored transposed (kt[d * kt_stride + j]):
 // s[r * s_stride + j] = scale * q_r . k_j, accumulated in R * NC F16 register tiles (enough
-// independent accumulators to keep the FMA units busy). The CPU build runs R = 4 rows against
-// 32 keys per call (a small GEMM tile); a CUDA thread runs its single row (R = 1).
+// independent accumulators to keep the FMA units busy). The CPU build runs up to 8 rows against
+// 32 keys per call with AVX-512 (4 x 16 with AVX2), reading keys from 32-key packed panels
+// (kt_stride = 32); a CUDA thread runs its single row (R = 1).
 // With `bias` (rows of bias_stride, unit stride over keys, every one of the 16 * NC keys real),
 // the tile stores scale * q.k + bias: the bias is added in the registers instead of in another
 // pass over the logits.

@@ -152,8 +152,8 @@ int main() {
     attention_case(1, 2, 70, 70, 16, 8, 3, true, false);
     attention_case(2, 1, 65, 65, 7, 5, 0, true, true);
     attention_case(1, 1, 130, 131, 4, 4, 1, false, true);
-    // Ragged row blocks and key tiles (16-key tile, 1-3-key column tail), and rows wider than one
-    // 1024-key tile.
+    // Ragged row blocks and key tiles (zero-padded 16-key tail tiles over the packed key panels),
+    // and rows wider than one 1024-key tile.
     attention_case(1, 2, 41, 47, 24, 40, 1, false, false);
     attention_case(1, 1, 19, 51, 5, 33, 0, false, false);
     attention_case(1, 1, 37, 1100, 8, 8, 2, false, true);
