@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeforge.quant.placement import GraphIndex, Plan
-from edgeforge.quant.quantizers import QParams, quantize
+from edgeforge.quant.quantizers import QParams, quantize, quantize_bias
 
 
 def _np_dtype(qp: QParams):
@@ -85,15 +85,11 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, act_q: dict[str, QParams],
         slot = list(node.input).index(ws.initializer)
         rename[(node.name, slot)] = f"{safe}_dequantized"
         if ws.bias is not None and ws.act_input in act_q:
-            aq = act_q[ws.act_input]
-            b = idx.init_array(ws.bias).astype(np.float64)
-            bscale = (float(aq.scale) * qp.scale.astype(np.float64)).reshape(-1)
-            if bscale.size == 1:
-                bscale = np.full(b.shape, bscale[0])
-            bq = np.clip(np.rint(b / bscale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+            b = idx.init_array(ws.bias)
+            bq, bscale = quantize_bias(b, float(act_q[ws.act_input].scale), qp.scale)
             bsafe = (ws.node + "_bias").replace("/", "_").replace(".", "_").strip("_")
             new_inits.append(numpy_helper.from_array(bq, f"{bsafe}_quantized"))
-            new_inits.append(numpy_helper.from_array(bscale.astype(np.float32), f"{bsafe}_scale"))
+            new_inits.append(numpy_helper.from_array(bscale, f"{bsafe}_scale"))
             new_inits.append(numpy_helper.from_array(np.zeros(b.shape, np.int32), f"{bsafe}_zero_point"))
             prologue.append(helper.make_node(
                 "DequantizeLinear", [f"{bsafe}_quantized", f"{bsafe}_scale", f"{bsafe}_zero_point"],

@@ -126,6 +126,18 @@ def fake_quant(x: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- logarithmic
+def quantize_bias(b: np.ndarray, input_scale: float, weight_scale) -> tuple[np.ndarray, np.ndarray]:
+    """A Conv/Gemm bias as the int32 QLinearConv/QGemm expect: (integers, scale) with scale
+    s_in * s_w per output channel and zero-point 0. Shared by the QDQ export and the torch
+    simulation, so that both hold the same integers."""
+    b = np.asarray(b, np.float64)
+    bscale = (float(input_scale) * np.asarray(weight_scale, np.float64)).reshape(-1)
+    if bscale.size == 1:
+        bscale = np.full(b.shape, bscale[0])
+    bq = np.clip(np.rint(b / bscale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    return bq, bscale.astype(np.float32)
+
+
 def log_params(amax: float, bits: int, base: str = "log2", observer: str = "minmax") -> QParams:
     """Log quantizer for non-negative inputs (softmax outputs): delta = the largest value kept.
 

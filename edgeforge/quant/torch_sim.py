@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeforge.quant.observers import Observer, observer_for, weight_params
-from edgeforge.quant.quantizers import QParams, log_params
+from edgeforge.quant.quantizers import QParams, log_params, quantize_bias
 from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
 
 PASS_METHODS = {"view", "reshape", "permute", "transpose", "flatten", "contiguous", "squeeze", "unsqueeze"}
@@ -76,7 +76,7 @@ class ActQuant(nn.Module):
 
 class QuantWeight(nn.Module):
     """A Conv/Linear whose weight is fake-quantized per output channel; once its input's scale is
-    known (`quantize_bias`), its bias is rounded to the int32 grid s_in * s_w, as in the QDQ model."""
+    known (`round_bias`), its bias is rounded to the int32 grid s_in * s_w, as in the QDQ model."""
 
     def __init__(self, inner: nn.Module, qp: QParams):
         super().__init__()
@@ -85,18 +85,15 @@ class QuantWeight(nn.Module):
         self.bq: torch.Tensor | None = None
         self.bias_int: np.ndarray | None = None  # the int32 values the QDQ model stores
 
-    def quantize_bias(self, input_scale: float) -> None:
+    def round_bias(self, input_scale: float) -> None:
         """Round the bias as the QDQ export does (`qdq.py`: int32, scale s_in * s_w, zero-point 0)."""
         b = self.inner.bias
         if b is None:
             return
-        bscale = float(input_scale) * np.asarray(self.qparams.scale, np.float64).reshape(-1)
-        if bscale.size == 1:
-            bscale = np.full(b.shape, bscale[0])
-        bq = np.clip(np.rint(b.detach().cpu().double().numpy() / bscale), -2 ** 31, 2 ** 31 - 1)
-        self.bias_int = bq.astype(np.int64)
+        bq, bscale = quantize_bias(b.detach().cpu().numpy(), input_scale, self.qparams.scale)
+        self.bias_int = bq
         # float32 product, as DequantizeLinear computes it
-        self.bq = torch.from_numpy(bq.astype(np.float32) * bscale.astype(np.float32)).to(b.dtype)
+        self.bq = torch.from_numpy(bq.astype(np.float32) * bscale).to(b.dtype)
 
     def forward(self, x):
         w, b = (self.wq, self.inner.bias if self.bq is None else self.bq) if self.enabled else \
@@ -321,13 +318,11 @@ def _quantize_biases(gm: fx.GraphModule) -> None:
     for n in gm.graph.nodes:
         if n.op != "call_module" or not isinstance(gm.get_submodule(n.target), QuantWeight):
             continue
-        a = n.args[0] if n.args else None
-        while isinstance(a, fx.Node) and _is_pass(gm, a) and isinstance(_pass_input(a), fx.Node):
-            a = _pass_input(a)
+        a = _source(gm, n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
         aq = gm.get_submodule(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
         if isinstance(aq, ActQuant) and aq.qparams is not None and aq.qparams.kind == "uniform" \
                 and not aq.qparams.per_channel:
-            gm.get_submodule(n.target).quantize_bias(float(aq.qparams.scale))
+            gm.get_submodule(n.target).round_bias(float(aq.qparams.scale))
 
 
 def _is_softmax(n: fx.Node) -> bool:
