@@ -94,7 +94,10 @@ def test_simulation_places_and_calibrates_like_the_onnx_engine(tmp_path, name):
     from edgeforge.export.pipeline import prepare_model
 
     recipe = recipes.load(name)
-    res = export_recipe(recipe, out_dir=tmp_path / name, custom_ops="decompose")
+    # The onnxslim graph, always: the export keeps it only if ONNX Runtime does not time it slower,
+    # and on a busy machine that choice flipped between runs (the unslimmed graph places one
+    # quantizer differently; the simulation mirrors the slimmed form).
+    res = export_recipe(recipe, out_dir=tmp_path / name, custom_ops="decompose", check_simplify_latency=False)
     model = prepare_model(recipe, None, 0, 1).model
     shape = (6, *recipe.spec.input.shape)
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)

@@ -34,7 +34,8 @@ def trecvit(tmp_path_factory):
     recipe = recipes.load(meta["recipe"])
     weights = str(ROOT / meta["weights"])
     out = tmp_path_factory.mktemp("trecvit")
-    res = export_recipe(recipe, out_dir=out, weights=weights, custom_ops="decompose")
+    res = export_recipe(recipe, out_dir=out, weights=weights, custom_ops="decompose",
+                        check_simplify_latency=False)  # the onnxslim graph always (see test_quant_torch)
     model = prepare_model(recipe, weights, 0, 1).model
     spec = recipe.spec.input
     calib = load_calib("digits", spec, 16)
