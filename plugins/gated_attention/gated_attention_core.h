@@ -88,32 +88,42 @@ EF_HD float ga_tile_max(const float* EF_RESTRICT s, int64_t kb) {
     return tmax;
 }
 
+// exp(s - m) over 16 logits, given neg_m_log2e = splat(-m * log2 e): 2^(s log2 e - m log2 e),
+// the subtraction folded into one multiply-add per lane.
+EF_HD F16 ga_exp_shifted(const F16& s, const F16& neg_m_log2e) {
+    return f16_exp2_nonpos(f16_add(f16_mul(s, f16_splat(kLog2e)), neg_m_log2e));
+}
+
+// The end of a step: the tile's weights (taken relative to m_new) summed to `sum`; the running
+// denominator l and output acc, relative to the old maximum m, are rescaled to m_new.
+EF_HD void ga_softmax_rescale(float m_new, float sum, float& m, float& l, float* EF_RESTRICT acc, int64_t Dv) {
+    const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
+    l = l * corr + sum;
+    if (corr != 1.0f)
+        for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;
+    m = m_new;
+}
+
 // The step given the tile's maximum (a caller that already passed over the tile computes it there).
 EF_HD void ga_softmax_step_max(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float& l,
                                float* EF_RESTRICT acc, int64_t Dv) {
-    F16 lanes;
-    int64_t j16;
     if (tmax == kNegInf) {
         for (int64_t j = 0; j < kb; ++j) s[j] = 0.0f;
         return;
     }
     const float m_new = ef_fmax(m, tmax);
-    const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
     // Exponentiate and sum in one pass over the tile.
-    // 2^((s - m) log2 e), the subtraction folded into one multiply-add per lane.
-    lanes = f16_zero();
-    const F16 log2e = f16_splat(kLog2e), neg_m = f16_splat(-m_new * kLog2e);
-    for (j16 = 0; j16 + 16 <= kb; j16 += 16) {
-        const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j16), log2e), neg_m));
+    F16 lanes = f16_zero();
+    const F16 neg_m = f16_splat(-m_new * kLog2e);
+    int64_t j16 = 0;
+    for (; j16 + 16 <= kb; j16 += 16) {
+        const F16 e = ga_exp_shifted(f16_load(s + j16), neg_m);
         f16_store(s + j16, e);
         lanes = f16_add(lanes, e);
     }
     float sum = f16_reduce_add(lanes);
     for (int64_t j = j16; j < kb; ++j) sum += (s[j] = exp2_nonpos(s[j] * kLog2e - m_new * kLog2e));
-    l = l * corr + sum;
-    if (corr != 1.0f)
-        for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;
-    m = m_new;
+    ga_softmax_rescale(m_new, sum, m, l, acc, Dv);
 }
 
 EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l, float* EF_RESTRICT acc, int64_t Dv) {

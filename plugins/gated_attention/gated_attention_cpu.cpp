@@ -60,25 +60,28 @@ inline I16 live_lanes(int64_t left) {
     return lane < static_cast<int32_t>(left < 16 ? left : 16);
 }
 
+// All-ones lanes where v is NaN or +inf (exponent bits all set, and not -inf, which masks keys).
+inline I16 non_finite_lanes(const F16& v) {
+    const I16 exp_bits = I16{} + 0x7f800000, neg_inf_bits = I16{} + static_cast<int32_t>(0xff800000u);
+    I16 u;
+    std::memcpy(&u, &v, sizeof u);
+    return ((u & exp_bits) == exp_bits) & (u != neg_inf_bits);
+}
+
 // Maximum of s[0, n) and whether any value is NaN or +inf, in one pass over the row.
 float max_checked(const float* EF_RESTRICT s, int64_t n, I16& bad_lanes) {
     F16 lanes = f16_splat(kNegInf);
-    const I16 exp_bits = I16{} + 0x7f800000, neg_inf_bits = I16{} + static_cast<int32_t>(0xff800000u);
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {  // whole vectors: no lane mask
         const F16 v = f16_load(s + j);
         lanes = f16_max(lanes, v);
-        I16 u;
-        std::memcpy(&u, &v, sizeof u);
-        bad_lanes |= ((u & exp_bits) == exp_bits) & (u != neg_inf_bits);
+        bad_lanes |= non_finite_lanes(v);
     }
     if (j < n) {  // the last partial vector, its lanes past n masked out
         const I16 live = live_lanes(n - j);
         const F16 v = f16_load(s + j);
         lanes = f16_max(lanes, live ? v : lanes);
-        I16 u;
-        std::memcpy(&u, &v, sizeof u);
-        bad_lanes |= ((u & exp_bits) == exp_bits) & (u != neg_inf_bits) & live;
+        bad_lanes |= non_finite_lanes(v) & live;
     }
     return f16_reduce_max(lanes);
 }
@@ -99,7 +102,8 @@ void add_bias_contiguous(float* EF_RESTRICT s, const float* EF_RESTRICT bias, in
     for (; j < n; ++j) s[j] += bias[j];
 }
 
-// One online-softmax step of a row given its maximum (see ga_softmax_step_max).
+// One online-softmax step of a row given its maximum: ga_softmax_step_max with the row's last
+// partial vector computed whole (the scratch row has room) instead of lane by lane.
 void softmax_step(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float& l, float* EF_RESTRICT acc,
                   int64_t Dv) {
     if (tmax == kNegInf) {
@@ -107,24 +111,20 @@ void softmax_step(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float&
         return;
     }
     const float m_new = ef_fmax(m, tmax);
-    const float corr = exp_nonpos(m - m_new);  // 0 on the first tile (m = -inf)
-    const F16 log2e = f16_splat(kLog2e), neg_m = f16_splat(-m_new * kLog2e);
+    const F16 neg_m = f16_splat(-m_new * kLog2e);
     F16 sum = f16_zero();
     int64_t j = 0;
-    for (; j + 16 <= kb; j += 16) {
-        const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j), log2e), neg_m));
+    for (; j + 16 <= kb; j += 16) {  // whole vectors: no lane mask
+        const F16 e = ga_exp_shifted(f16_load(s + j), neg_m);
         f16_store(s + j, e);
         sum = f16_add(sum, e);
     }
-    if (j < kb) {  // whole last vector (the scratch row has room), lanes past kb out of the sum
-        const F16 e = f16_exp2_nonpos(f16_add(f16_mul(f16_load(s + j), log2e), neg_m));
+    if (j < kb) {  // the last partial vector, its lanes past kb out of the sum
+        const F16 e = ga_exp_shifted(f16_load(s + j), neg_m);
         f16_store(s + j, e);
         sum = f16_add(sum, live_lanes(kb - j) ? e : f16_zero());
     }
-    l = l * corr + f16_reduce_add(sum);
-    if (corr != 1.0f)
-        for (int64_t e = 0; e < Dv; ++e) acc[e] *= corr;
-    m = m_new;
+    ga_softmax_rescale(m_new, f16_reduce_add(sum), m, l, acc, Dv);
 }
 #else
 using I16 = bool;
@@ -147,7 +147,7 @@ void softmax_step(float* s, int64_t kb, float tmax, float& m, float& l, float* a
 // re-streamed from L2 with a large stride for every group of 8 query rows.
 inline int64_t packed_key(int64_t j, int64_t d, int64_t D) { return (j / kChunk) * D * kChunk + d * kChunk + j % kChunk; }
 
-// Packs k (M, D) into kt as above, zero-filling the last panel's keys past M. Whole 8 x 8 blocks
+// Packs k (M, D) into kt as above, with zeros for the last panel's keys past M. Whole 8 x 8 blocks
 // are transposed in registers (unpack, shuffle, lane swap: 24 shuffles per 64 values); a scalar
 // strided copy was 13% of a call at N = 49.
 void pack_keys(const float* EF_RESTRICT k, int64_t M, int64_t D, float* EF_RESTRICT kt) {
@@ -187,7 +187,6 @@ void pack_keys(const float* EF_RESTRICT k, int64_t M, int64_t D, float* EF_RESTR
 #endif
     for (int64_t d = 0; d < D; ++d)
         for (int64_t j = j0; j < M; ++j) kt[packed_key(j, d, D)] = k[j * D + d];
-
 }
 
 Error bad_shape(const std::string& what) { return {kBadShape, "GatedAttention: " + what}; }
@@ -360,11 +359,12 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
         for (int64_t r = 0; r < rows; ++r) ga_finish(acc + r * x.Dv, l[r], x.Dv, x.o + (bh * x.N + r0 + r) * x.Dv);
     };
     // One round trip through the thread pool: the first work item of a head packs its keys (and
-    // checks k, v, log_f); the head's other items wait for that (about a microsecond) instead of
-    // a whole second parallel pass, which cost a few microseconds per call at N <= 196.
-    std::unique_ptr<std::atomic<int>[]> head_state(new std::atomic<int>[static_cast<size_t>(x.B * x.H)]);
-    for (int64_t bh = 0; bh < x.B * x.H; ++bh) head_state[bh].store(0, std::memory_order_relaxed);
+    // checks k, v, log_f); the head's other items wait for that instead of a whole second
+    // parallel pass, which cost a few microseconds per call at N <= 196.
     const int64_t heads = x.B * x.H;
+    // Per head: 0 not packed, 1 being packed, 2 packed.
+    std::unique_ptr<std::atomic<int>[]> head_state(new std::atomic<int>[static_cast<size_t>(heads)]);
+    for (int64_t bh = 0; bh < heads; ++bh) head_state[bh].store(0, std::memory_order_relaxed);
     auto try_pack = [&](int64_t bh) {  // packs head bh unless another thread has claimed it
         int idle = 0;
         if (!head_state[bh].compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) return false;
