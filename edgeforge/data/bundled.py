@@ -3,7 +3,8 @@
 - `digits`: scikit-learn's handwritten digits (1797 8x8 gray images, labels 0-9), with a fixed
   train/eval split. Images are returned as uint8 HW; preprocessing upsamples them to the
   recipe's input size and repeats the gray channel.
-- `natural`: random crops of the photographs that ship with scikit-image (`skimage.data`).
+- `natural`: random crops of the photographs that ship with scikit-image (`skimage.data`) and
+  scikit-learn (`load_sample_images`: china.jpg, flower.jpg).
 - `clips`: short camera-pan clips over those photographs (for NTCHW video inputs): a crop
   window that slides (and slowly zooms) across the photo frame by frame.
 Nothing here downloads anything: only files installed with the packages are used.
@@ -19,8 +20,11 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_EVAL_COUNT = 500
 
 # Photographs bundled with scikit-image (present without a network download).
-PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "immunohistochemistry",
-          "hubble_deep_field", "brick", "grass", "gravel", "moon", "coins", "clock", "cat")
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "immunohistochemistry",
+                  "hubble_deep_field", "brick", "grass", "gravel", "moon", "coins", "clock", "cat")
+# ... and with scikit-learn (sklearn.datasets.load_sample_image): two more colour scenes.
+SKLEARN_PHOTOS = ("china", "flower")
+PHOTOS = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
 
 
 @lru_cache(maxsize=1)
@@ -50,13 +54,17 @@ def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=None)
 def photo(name: str) -> np.ndarray:
-    """One scikit-image photograph as HWC uint8 RGB."""
-    import skimage.data
-
+    """One bundled photograph (scikit-image or scikit-learn) as HWC uint8 RGB."""
     from edgeforge.data.preprocess import to_uint8_rgb
 
     if name not in PHOTOS:
         raise ValueError(f"unknown photo {name!r}; bundled: {', '.join(PHOTOS)}")
+    if name in SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        return to_uint8_rgb(load_sample_image(f"{name}.jpg"), 3)
+    import skimage.data
+
     return to_uint8_rgb(getattr(skimage.data, name)(), 3)
 
 
@@ -70,7 +78,8 @@ def _crop_box(rng: np.random.Generator, h: int, w: int, min_frac: float = 0.25) 
 
 
 def natural(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """`count` random square crops (HWC uint8) of the bundled photographs, with their ids."""
+    """`count` random square crops (HWC uint8) of the bundled photographs, with their ids
+    (`photo[y0:y1,x0:x1]`; the crop is mirrored left-right when the id ends with `~`)."""
     rng = np.random.default_rng(seed)
     out, ids = [], []
     for i in range(count):
@@ -78,10 +87,11 @@ def natural(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
         img = photo(name)
         y, x, side = _crop_box(rng, *img.shape[:2])
         crop = img[y:y + side, x:x + side]
-        if rng.random() < 0.5:
+        flip = rng.random() < 0.5
+        if flip:
             crop = crop[:, ::-1]
         out.append(np.ascontiguousarray(crop))
-        ids.append(f"{name}[{y}:{y + side},{x}:{x + side}]")
+        ids.append(f"{name}[{y}:{y + side},{x}:{x + side}]" + ("~" if flip else ""))
     return out, ids
 
 
