@@ -179,3 +179,93 @@ def test_opset_11_model_is_converted_not_relabelled():
     m = _model(nodes, [_w("w", 4, 4, 8, 8), _w("b", 4), _w("fc", 3, 4)], opset=11)
     q = check_quantizes(m)
     assert next(o.version for o in q.model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+
+
+# ---------------------------------------------------------------- real exports, both forms
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+# timm's RegNetX zero-initialises each block's last BN: folded into the convs at export, equal
+# all-zero weights that the TorchScript exporter dedups into one initializer read by several
+# Conv nodes in its unslimmed graph (onnxslim's graph has none): the field failure's shape.
+REGNET = """family: regnet_shared
+description: timm RegNetX-200MF, random init, 64x64, 10 classes (shared initializers when unslimmed)
+input: {shape: [3, 64, 64]}
+builder: timm:regnetx_002
+builder_args: {num_classes: 10}
+export: {opset: 17, batch: 1, transforms: []}
+"""
+
+
+def _export(recipe, out, slim: bool, monkeypatch, weights=None):
+    """`edgeforge export` as the field ran it: slimmed, or unslimmed (ORT timed onnxslim's slower)."""
+    from edgeforge.export import pipeline
+    from edgeforge.export.simplify import SimplifyResult
+
+    if not slim:
+        n = lambda m: len(m.graph.node)  # noqa: E731
+        monkeypatch.setattr(pipeline, "simplify", lambda raw, *a, **k: (raw, SimplifyResult(
+            False, n(raw), n(raw), reason="test: the unslimmed graph, as when ORT times onnxslim's slower")))
+    res = pipeline.export_recipe(recipe, out_dir=out, weights=weights, custom_ops="decompose",
+                                 check_simplify_latency=False)
+    monkeypatch.undo()
+    assert res.entry["onnx"]["simplify"]["applied"] is slim
+    return res
+
+
+def _shared_weights(m: onnx.ModelProto) -> int:
+    from edgeforge.quant.engine import prepare
+
+    p, _ = prepare(m)
+    inits = {i.name for i in p.graph.initializer}
+    c = Counter(n.input[1] for n in p.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits)
+    return sum(1 for v in c.values() if v > 1)
+
+
+@pytest.mark.parametrize("slim", [False, True], ids=["unslimmed", "slimmed"])
+def test_real_export_with_shared_conv_weights_quantizes_via_the_cli(run_cli, tmp_path, monkeypatch, slim):
+    recipe = tmp_path / "regnet.yaml"
+    recipe.write_text(REGNET)
+    art = tmp_path / "art"
+    res = _export(str(recipe), art, slim, monkeypatch)
+    m = onnx.load(str(res.onnx_path))
+    if not slim:
+        assert _shared_weights(m) >= 2  # the shape that crashed
+    code, out, err = run_cli("quantize", art, "--calib", "natural", "--num-samples", "8", "--no-analysis")
+    assert code == 0, err + out
+    qpath = art / "int8-minmax" / "model.onnx"
+    q = onnx.load(str(qpath))
+    onnx.checker.check_model(q, full_check=True)
+    assert len({n.name for n in q.graph.node}) == len(q.graph.node)
+    x = RNG.normal(size=(4, 3, 64, 64)).astype(np.float32)
+    ref = _run(m, x, "disable")[0]
+    for outs in (_run(q, x, "all"), _run(q, x, "disable")):
+        assert cosine(ref, outs[0]) > 0.98
+    qjson = __import__("json").loads((art / "int8-minmax" / "quant.json").read_text())
+    assert "agreement_torch_sim_ort" in qjson["accuracy"] or qjson["accuracy"]["torch_sim"].startswith("not run")
+
+
+@pytest.mark.parametrize("slim", [False, True], ids=["unslimmed", "slimmed"])
+def test_trained_fixture_both_forms_keep_accuracy_in_ort_and_openvino(tmp_path, monkeypatch, slim):
+    import json
+
+    from edgeforge import recipes
+    from edgeforge.data.calib import CalibDef, Source, load_calib
+
+    meta_path = ROOT / "fixtures" / "efficientformer_v2_digits.json"
+    if not meta_path.is_file():
+        pytest.skip("fixture not trained: run scripts/train_fixtures.py")
+    meta = json.loads(meta_path.read_text())
+    recipe = recipes.load(str(ROOT / meta["recipe"]))
+    res = _export(recipe, tmp_path / "art", slim, monkeypatch, weights=str(ROOT / meta["weights"]))
+    m = onnx.load(str(res.onnx_path))
+    spec = recipe.spec.input
+    calib = load_calib("digits", spec, 16)
+    ev = load_calib(CalibDef(name="digits-eval", source=Source(kind="digits", split="eval"), count=100), spec)
+    fp = _run(m, ev.x, "disable")[0].argmax(-1)
+    for target in ("cpu-ort", "cpu-openvino"):
+        q = quantize_onnx(m, calib.x, "minmax", resolve("w8a8", target), show_progress=False).model
+        onnx.checker.check_model(q, full_check=True)
+        runs = [_run(q, ev.x, "disable")[0]] + ([_run(q, ev.x, "all")[0]] if target == "cpu-ort"
+                                                else [_run_openvino(q, ev.x)[0]])
+        for o in runs:
+            # FP32 vs INT8 top-1 agreement: quantization error, not a broken graph (which gives ~0.1)
+            assert float((o.argmax(-1) == fp).mean()) >= 0.9, target
