@@ -269,3 +269,54 @@ def test_trained_fixture_both_forms_keep_accuracy_in_ort_and_openvino(tmp_path, 
         for o in runs:
             # FP32 vs INT8 top-1 agreement: quantization error, not a broken graph (which gives ~0.1)
             assert float((o.argmax(-1) == fp).mean()) >= 0.9, target
+
+
+# ---------------------------------------------------------------- the optional torch simulation
+def test_simulation_of_shared_layers_and_parents_reading_a_layer_weight():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgeforge.quant.torch_sim import quantize
+
+    class Shared(nn.Module):  # one Conv called twice
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 3, 3, padding=1), nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.head(self.conv(torch.relu(self.conv(x))).mean((2, 3)))
+
+    class ReadsWeight(Shared):  # the parent reads self.conv.weight itself
+        def forward(self, x):
+            return self.head((self.conv(x) + F.conv2d(x, self.conv.weight, None, padding=1)).mean((2, 3)))
+
+    x = RNG.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    for cls in (Shared, ReadsWeight):
+        torch.manual_seed(0)
+        model = cls().eval()
+        sim = quantize(model, x, "minmax")  # raised 'QuantWeight' object has no attribute 'weight'
+        assert len(sim.weight_quantizers) == 2  # conv (once, though called twice) and head
+        with torch.no_grad():
+            assert cosine(model(torch.from_numpy(x)).numpy(), sim(torch.from_numpy(x)).numpy()) > 0.98
+
+
+def test_a_simulation_that_cannot_run_says_why_and_the_quantization_finishes(tmp_path, monkeypatch):
+    import json
+
+    from test_quant_support import make_artifact, tiny_model
+
+    from edgeforge.quant import pipeline, torch_sim
+    from edgeforge.quant.pipeline import quantize_artifact
+
+    def broken(*a, **k):
+        raise AttributeError("'QuantWeight' object has no attribute 'weight'")
+
+    monkeypatch.setattr(pipeline, "torch_model_for", lambda exp: tiny_model())
+    monkeypatch.setattr(torch_sim, "quantize", broken)
+    art = make_artifact(tmp_path / "art")
+    res = quantize_artifact(art, num_samples=4, analyze=False, show_progress=False)
+    acc = json.loads(res.quant_json.read_text())["accuracy"]
+    assert acc["torch_sim"] == ("not run: the torch simulation raised AttributeError: "
+                                "'QuantWeight' object has no attribute 'weight'")
+    assert res.onnx_path.is_file() and "agreement_fp32_int8" in acc

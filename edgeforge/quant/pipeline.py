@@ -113,18 +113,29 @@ def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bit
     from edgeforge.quant.calibrate import run_outputs
     from edgeforge.quant.torch_sim import quantize as torch_quantize
 
+    # An optional check: whatever stops it is reported in quant.json (exception type and message)
+    # and the quantization still finishes.
+    if exp.get("imported_from"):
+        return {"torch_sim": "not run: no torch model for an imported artifact"}
     try:
         model = torch_model_for(exp)
     except (EdgeforgeError, ValueError, KeyError, OSError) as e:
         return {"torch_sim": f"not run: the artifact's torch model cannot be rebuilt here ({e})"}
+    except Exception as e:  # noqa: BLE001
+        return {"torch_sim": f"not run: rebuilding the torch model raised {type(e).__name__}: {e}"}
     try:
         sim = torch_quantize(model, data.x, method, bits, target, keep_fp=keep_fp, norm_inputs=norm_inputs,
                              act_scheme=act_scheme)
     except EdgeforgeError as e:
         return {"torch_sim": f"not run: {e}"}
-    with torch.no_grad():
-        outs = [sim(torch.from_numpy(ev.x[i:i + 16])) for i in range(0, len(ev.x), 16)]
-    s = torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in outs]).numpy()
+    except Exception as e:  # noqa: BLE001
+        return {"torch_sim": f"not run: the torch simulation raised {type(e).__name__}: {e}"}
+    try:
+        with torch.no_grad():
+            outs = [sim(torch.from_numpy(ev.x[i:i + 16])) for i in range(0, len(ev.x), 16)]
+        s = torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in outs]).numpy()
+    except Exception as e:  # noqa: BLE001
+        return {"torch_sim": f"not run: running the torch simulation raised {type(e).__name__}: {e}"}
     name = qmodel.graph.output[0].name
     o = run_outputs(qmodel, ev.x, [name], optimize="all")[name]
     from edgeforge.quant.quantizers import cosine

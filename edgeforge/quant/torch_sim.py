@@ -85,6 +85,17 @@ class QuantWeight(nn.Module):
         self.bq: torch.Tensor | None = None
         self.bias_int: np.ndarray | None = None  # the int32 values the QDQ model stores
 
+    # A parent that reads `self.conv.weight` in its own forward (or a tied layer) still finds the
+    # float parameters: without these, swapping the layer for its QuantWeight broke that read
+    # ('QuantWeight' object has no attribute 'weight').
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.inner.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.inner.bias
+
     def round_bias(self, input_scale: float) -> None:
         """Round the bias as the QDQ export does (`qdq.py`: int32, scale s_in * s_w, zero-point 0)."""
         b = self.inner.bias
@@ -381,7 +392,9 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
         n.replace_all_uses_with(qn, delete_user_cb=lambda u: u is not qn)
         act[n.name] = q
     wq: dict[str, QParams] = {}
-    for target_name in weighted:
+    # a module called more than once (shared) is one layer with one weight quantizer, as the
+    # exported graph's one initializer read by several Conv/Gemm nodes
+    for target_name in dict.fromkeys(weighted):
         mod = gm.get_submodule(target_name)
         axis = 0 if scheme.weight_per_channel else None
         wobs = "mse" if method == "mse" or scheme.weight_bits < 8 else "minmax"
