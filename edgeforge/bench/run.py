@@ -83,6 +83,13 @@ def resolve_model(art: Path, target: targets.Target, precision: str) -> ModelFil
     return ModelFile(precision, onnx, onnx)
 
 
+def verify_model_files(art: Path, model: ModelFile) -> None:
+    """Refuse (BadInput, exit 2, naming the file) a model whose file no longer has the sha256 the
+    manifest recorded: a truncated ONNX would otherwise fail deep in the runtime's loader."""
+    files = [model.path, model.onnx] + ([model.path.with_suffix(".bin")] if model.path.suffix == ".xml" else [])
+    Manifest(art).verify(*dict.fromkeys(f for f in files if f is not None and not f.is_dir()))
+
+
 def make_runner(target: targets.Target, model: ModelFile, device_url: str | None = None,
                 threads: int | None = None, name: str | None = None) -> Runner:
     """The target's runner for `model` (a remote one when the target is reached through an agent)."""
@@ -237,6 +244,7 @@ def bench_artifact(
     def subject(target_name: str, prec: str) -> _Subject:
         tgt = targets.load(target_name)
         model = resolve_model(art, tgt, prec)
+        verify_model_files(art, model)
         quant = _quant_info(art, model, tgt)
         ok, how = targets.reachability(tgt, device_url)
         return _Subject(tgt, prec, model, quant, how, ok)
@@ -253,6 +261,8 @@ def bench_artifact(
                                       reported=False)
             except BadInput:
                 s.baseline = None
+            if s.baseline is not None:
+                verify_model_files(art, s.baseline.model)
     measured = [s for s in subjects if s.reachable]
     timed = [x for s in measured for x in (s, s.baseline) if x is not None]
     input_spec = recipe_input(export)

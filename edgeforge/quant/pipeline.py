@@ -166,6 +166,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     if exp is None or not fp32.is_file():
         raise BadInput(f"{art}: no exported model ({fp32} / manifest export step missing); "
                        f"run `edgeforge export RECIPE --out {art}` first")
+    manifest.verify(fp32)  # a truncated/edited model: a clear error naming it, before anything is written
     spec, rec = _input_spec(exp)
     qdef = rec.get("quant", {}) if isinstance(rec, dict) else {}
     method = method or qdef.get("method", "minmax")
