@@ -96,6 +96,45 @@ def export(recipe, out_dir, weights, batch, opset, custom_ops, seed, force) -> N
     print_export_summary(result, console)
 
 
+# --------------------------------------------------------------------------- import
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use numbers, one per channel, e.g. 0.485,0.456,0.406",
+                                 param_hint=option) from None
+
+
+@cli.command(name="import")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Artifact directory.")
+@click.option("--mean", default=None, help="Per-channel mean of the normalisation, e.g. 0.485,0.456,0.406 "
+                                           "(default: ImageNet's for 3 channels).")
+@click.option("--std", default=None, help="Per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's).")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
+              help="The model input's layout (NHWC: a Transpose in front makes the artifact take NCHW).")
+@click.option("--name", default=None, help="Name recorded in the manifest and reports (default: the file's stem).")
+@click.option("--force", is_flag=True, help="Import even if the file has not changed.")
+def import_(model, out_dir, mean, std, layout, name, force) -> None:
+    """Make an artifact from MODEL, an ONNX file written by any tool, for quantize/compile/bench.
+
+    Writes OUT/fp32/model.onnx (after ONNX Runtime has loaded and run it) and OUT/manifest.json
+    with the source file's path and sha256 and the input spec. One float32 image input.
+    """
+    from edgeforge.export.importer import import_onnx
+
+    r = import_onnx(model, out_dir, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), layout=layout,
+                    name=name, force=force, argv=_command_line())
+    for note in r.notes:
+        console.print(f"note: {note}")
+    spec = r.entry["resolved_recipe"]["input"]
+    state = "up to date" if r.skipped else "imported"
+    console.print(f"{state}: [bold]{r.onnx_path}[/] (input {spec['name']} {spec['shape']} {spec['layout']}, "
+                  f"source sha256 {r.entry['imported_from']['sha256'][:16]})")
+
+
 # --------------------------------------------------------------------------- not yet built
 @cli.command()
 @click.argument("artifact", type=click.Path(file_okay=False))
@@ -113,11 +152,21 @@ def export(recipe, out_dir, weights, batch, opset, custom_ops, seed, force) -> N
 @click.option("--act-scheme", type=click.Choice(["auto", "symmetric", "asymmetric"]), default="auto",
               help="Activation scheme (auto: what the target runs fastest).")
 @click.option("--norm-inputs", is_flag=True, help="Also quantize LayerNorm inputs (FQ-ViT-style simulation).")
+@click.option("--int8-accumulation", type=click.Choice(["host", "int32", "int16-pairs"]), default=None,
+              help="How the deployment CPU's int8 kernels add products (default: the target's; cpu-ort and "
+                   "cpu-openvino read this host's flags). int16-pairs: x86 without VNNI (AVX2, AVX-512 without "
+                   "VNNI), whose pair sums saturate; int32: VNNI, AMX, Arm dotprod, GPUs. Set it when quantizing "
+                   "on one machine for another (e.g. on an AVX-512 VNNI server for an AVX2 edge box).")
+@click.option("--overflow-fix", type=click.Choice(["auto", "pairs", "reduce-range", "none"]), default="auto",
+              show_default=True,
+              help="How weights avoid saturating int16 pairs: pairs (per-channel scale search, only offending "
+                   "pairs pulled in), reduce-range (7-bit weights, as ORT/NNCF), none. auto: pairs where the "
+                   "accumulation is int16-pairs, else none.")
 @click.option("--no-analysis", is_flag=True, help="Skip the per-layer error analysis.")
 @click.option("--no-sim", is_flag=True, help="Skip the torch-simulation vs ONNX Runtime agreement check.")
 @click.option("--force", is_flag=True, help="Quantize even if the inputs have not changed.")
 def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, act_scheme, norm_inputs,
-             no_analysis, no_sim, force) -> None:
+             int8_accumulation, overflow_fix, no_analysis, no_sim, force) -> None:
     """Post-training INT8 quantization of an exported artifact with a calibration set.
 
     Writes ARTIFACT/int8-<method>/model.onnx (QDQ) and quant.json (every quantizer, the
@@ -131,6 +180,7 @@ def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, ac
     result = quantize_artifact(artifact, calib=calib_set, method=method, bits=bits, target=target,
                                num_samples=num_samples, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                                act_scheme=act_scheme, analyze=not no_analysis, simulate=not no_sim, force=force,
+                               int8_accumulation=int8_accumulation, overflow_fix=overflow_fix,
                                argv=sys.argv, console=console)
     print_quant_summary(result, console)
 
@@ -173,12 +223,20 @@ def compile_(artifact, target, precision, force) -> None:
 @click.option("--vs", "vs", multiple=True, metavar="TARGET[:PRECISION]",
               help="Also bench this subject in the same run, alternating blocks (e.g. --vs cpu-openvino).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--max-kernel-drift", type=float, default=None, metavar="DB",
+              help="Fail (exit 1) when an INT8 model's integer kernels on the target drift from the float "
+                   "emulation of its QDQ graph (ONNX Runtime, optimisation off) on the same inputs: their output "
+                   "SQNR against the emulation below DB dB (a SQNR floor: higher is stricter). Correct kernels "
+                   "give about 40 dB or more, saturating ones (x86 without VNNI) 10-20 dB; the report warns "
+                   "below 30. The report is written either way.")
 def bench(artifact, target, precision, eval_dataset, eval_limit, device_url, iterations, min_time, warmup,
-          block_size, threads, no_baseline, vs, seed) -> None:
-    """Measure latency (and accuracy with --eval) of ARTIFACT on a target; write a report.
+          block_size, threads, no_baseline, vs, seed, max_kernel_drift) -> None:
+    """Measure latency and accuracy of ARTIFACT on a target; write a report.
 
-    Writes ARTIFACT/reports/<target>-<precision>.{json,md,html}. A target that cannot be
-    reached gets a "not measured" report with the reason.
+    Writes ARTIFACT/reports/<target>-<precision>.{json,md,html}. An INT8 model is compared with
+    FP32 (on --eval, else on the timed inputs) and its kernels with the float emulation of its
+    QDQ graph (kernel fidelity). A target that cannot be reached gets a "not measured" report
+    with the reason.
     """
     from edgeforge.bench.latency import Settings
     from edgeforge.bench.run import bench_artifact
@@ -187,11 +245,16 @@ def bench(artifact, target, precision, eval_dataset, eval_limit, device_url, ite
     settings = Settings(warmup=warmup, iterations=iterations, min_time_s=min_time, block_size=block_size)
     result = bench_artifact(artifact, target, precision, eval_dataset=eval_dataset, eval_limit=eval_limit,
                             device_url=device_url, settings=settings, threads=threads, baseline=not no_baseline,
-                            seed=seed, argv=_command_line(), vs=vs)
+                            seed=seed, argv=_command_line(), vs=vs, max_kernel_drift=max_kernel_drift)
     for r in [result, *result.others]:
         print_report(r.report, console)
         for kind, path in r.paths.items():
             console.print(f"{kind}: {path}")
+    failures = [f for r in [result, *result.others] for f in r.failures]
+    if failures:
+        from edgeforge.errors import CheckFailed
+
+        raise CheckFailed("; ".join(failures))
 
 
 @cli.group()

@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import onnx
-import pytest
 import torch
 
-from edgeforge.data.calib import CalibDef, Source, load_calib
 from edgeforge.quant import quantize
 from edgeforge.quant.calibrate import run_outputs
 from edgeforge.quant.engine import quantize_onnx
 from edgeforge.quant.ort_baseline import ort_quantize
 from edgeforge.quant.scheme import resolve
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = "efficientformer_v2_digits"
-EVAL = 200  # of the 500 held-out digits, to keep the test short
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    meta_path = ROOT / "fixtures" / f"{FIXTURE}.json"
-    if not meta_path.is_file():
-        pytest.skip("fixture not trained: run scripts/train_fixtures.py")
-    meta = json.loads(meta_path.read_text())
-    from edgeforge import recipes
-    from edgeforge.export.pipeline import prepare_model
-
-    recipe = recipes.load(str(ROOT / meta["recipe"]))
-    prepared = prepare_model(recipe, str(ROOT / meta["weights"]), 0, 1)
-    model = prepared.model
-    path = tmp_path_factory.mktemp("acc") / "fp32.onnx"
-    x = next(iter(prepared.inputs.values()))
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=["logits"])
-    spec = recipe.spec.input
-    calib = load_calib("digits", spec, 32)
-    ev = load_calib(CalibDef(name="digits-eval", source=Source(kind="digits", split="eval"), count=EVAL), spec)
-    return model, str(path), calib, ev
 
 
 def _top1(model_or_path, x):

@@ -20,8 +20,9 @@ import onnx
 from edgeforge.quant import placement
 from edgeforge.quant.calibrate import observe
 from edgeforge.quant.observers import METHODS, Observer, observer_for, weight_params
+from edgeforge.quant.overflow import Layer, make_safe, max_activation_code
 from edgeforge.quant.qdq import build_qdq
-from edgeforge.quant.quantizers import QParams
+from edgeforge.quant.quantizers import QParams, fit_inside
 from edgeforge.quant.scheme import Scheme, convert_for_target
 
 
@@ -69,6 +70,18 @@ def prepare(model: onnx.ModelProto, runtime: str = "onnxruntime") -> tuple[onnx.
     return m, passes
 
 
+def kernel_layer(node: onnx.NodeProto, w: np.ndarray) -> Layer | None:
+    """How weight `w` of `node` meets its kernel's reduction (for the 16-bit pair constraint)."""
+    if node.op_type == "Conv" and w.ndim >= 3:
+        return Layer("conv", int(w.shape[1]), int(np.prod(w.shape[2:])))
+    if node.op_type == "Gemm" and w.ndim == 2:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return Layer("linear", int(w.shape[1] if trans_b else w.shape[0]))
+    if node.op_type == "MatMul" and w.ndim == 2:
+        return Layer("linear", int(w.shape[0]))
+    return None
+
+
 def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Scheme,
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
                   percentile: float = 99.99, console=None, show_progress: bool = True) -> QuantizedOnnx:
@@ -88,15 +101,23 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     act_q = {}
     for t, ob in observers.items():
         qp = ob.params(scheme.act_bits, scheme.act_symmetric, scheme.act_signed)
-        act_q[t] = convert_for_target(qp, scheme, f"activation {t}")
+        qp = convert_for_target(qp, scheme, f"activation {t}")
+        clip = plan.acts[t].clip
+        act_q[t] = fit_inside(qp, *clip) if clip else qp
     # Weights: per-channel minmax at 8 bits; below 8 bits the MSE clip search (minmax wastes the
     # few levels on outliers). `weight_observer` overrides.
     wobs = weight_observer or ("mse" if method == "mse" or scheme.weight_bits < 8 else "minmax")
     weight_q = {}
+    nodes = {n.name: n for n in prepared.graph.node}
     for ws in plan.weights:
         w = idx.init_array(ws.initializer)
         axis = ws.axis if scheme.weight_per_channel else None
-        weight_q[ws.initializer] = weight_params(w, scheme.weight_bits, wobs, axis)
+        qp = weight_params(w, scheme.stored_weight_bits, wobs, axis)
+        if scheme.overflow_fix == "pairs":
+            layer = kernel_layer(nodes[ws.node], w)
+            if layer is not None:  # the torch simulation applies the same fix to the same weights
+                qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), ws.axis)
+        weight_q[ws.initializer] = qp
     t_w = time.perf_counter()
     qmodel = build_qdq(prepared, plan, act_q, weight_q)
     t_end = time.perf_counter()

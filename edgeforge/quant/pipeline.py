@@ -70,15 +70,23 @@ def top1(logits: np.ndarray) -> np.ndarray:
 
 
 def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev) -> dict:
-    """FP32 vs INT8 (both in ONNX Runtime, full optimisation) on the eval split."""
+    """FP32 vs INT8 (both in ONNX Runtime, full optimisation) on the eval split, and the INT8
+    model's kernel fidelity there: each runtime's integer kernels (ONNX Runtime with full
+    optimisation; OpenVINO when installed) against the float emulation of the same QDQ graph
+    (ONNX Runtime, optimisation disabled), as `kernel_fidelity` entries (edgeforge.bench.fidelity)."""
+    import os
+
+    from edgeforge.bench import fidelity
     from edgeforge.quant.calibrate import run_outputs
     from edgeforge.quant.quantizers import cosine, sqnr_db
+    from edgeforge.targets.host import cpu_record
 
     m32 = onnx.load(fp32) if isinstance(fp32, str) else fp32
     out = m32.graph.output[0].name
     a = run_outputs(m32, ev.x, [out], optimize="all")[out]
     qm = onnx.load(qmodel) if isinstance(qmodel, str) else qmodel
-    b = run_outputs(qm, ev.x, [qm.graph.output[0].name], optimize="all")[qm.graph.output[0].name]
+    qout = qm.graph.output[0].name
+    b = run_outputs(qm, ev.x, [qout], optimize="all")[qout]
     pa, pb = top1(a), top1(b)
     res = {"eval_set": ev.definition.name, "eval_count": int(len(ev.x)), "eval_hash": ev.hash,
            "agreement_fp32_int8": round(float((pa == pb).mean()), 4),
@@ -87,7 +95,56 @@ def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev) -> 
         res["fp32_top1"] = round(float((pa == ev.labels).mean()), 4)
         res["int8_top1"] = round(float((pb == ev.labels).mean()), 4)
         res["drop"] = round(res["fp32_top1"] - res["int8_top1"], 4)
+    emu = run_outputs(qm, ev.x, [qout], optimize="disable")[qout]
+    cpu = cpu_record()
+    import onnxruntime
+
+    entries = [{"runtime": "onnxruntime", "version": onnxruntime.__version__,
+                "kernels": "ONNX Runtime CPU, graph optimisation all (QLinearConv, QGemm, ...)",
+                **fidelity.compare(b, emu)}]
+    try:
+        import openvino  # noqa: F401
+
+        ov_version = openvino.get_version()
+    except ImportError as e:
+        entries.append({"runtime": "openvino", "not_run": f"OpenVINO is not installed ({e})"})
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgeforge-fidelity-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(qm, str(path))
+            try:
+                ov_out = fidelity.openvino_outputs(path, ev.x)
+            except Exception as e:  # a model OpenVINO cannot compile: say so, keep the quantization
+                entries.append({"runtime": "openvino", "version": ov_version, "not_run": f"{type(e).__name__}: {e}"})
+            else:
+                entries.append({"runtime": "openvino", "version": ov_version,
+                                "kernels": "OpenVINO CPU plugin (oneDNN), f32 precision hint",
+                                **fidelity.compare(ov_out, emu)})
+    for e in entries:
+        if "sqnr_db" in e:
+            e["reference"] = fidelity.EMULATION
+            e["isa_cap"] = os.environ.get("ONEDNN_MAX_CPU_ISA") if e["runtime"] == "openvino" else None
+            if (w := fidelity.drift_warning(e["runtime"], e, cpu)):
+                e["warning"] = w
+    res["kernel_fidelity"] = entries
     return res
+
+
+def int8_kernel_check(qmodel: onnx.ModelProto, scheme) -> dict:
+    """The saturation bound of the QDQ model's integer layers and what it means for the target."""
+    from edgeforge.quant.overflow import saturation_check
+
+    chk = {"accumulation": scheme.int8_accumulation, "reason": scheme.accumulation_reason,
+           "overflow_fix": scheme.overflow_fix, **saturation_check(qmodel)}
+    if chk["layers_that_can_saturate"]:
+        where = ("on this target" if scheme.int8_accumulation == "int16-pairs" else
+                 "on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)")
+        chk["warning"] = (f"{chk['layers_that_can_saturate']} layers can saturate int16 pair sums {where}: there the "
+                          "integer kernels do not compute what the QDQ graph says. Quantize for such CPUs with "
+                          "--int8-accumulation int16-pairs.")
+    return chk
 
 
 def torch_model_for(exp: dict):
@@ -104,7 +161,8 @@ def torch_model_for(exp: dict):
 
 
 def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bits: str, target: str,
-                  keep_fp: list[str], norm_inputs: bool, act_scheme: str) -> dict:
+                  keep_fp: list[str], norm_inputs: bool, act_scheme: str, int8_accumulation: str | None = None,
+                  overflow_fix: str = "auto") -> dict:
     """Top-1 agreement between the torch simulation (`torch_sim.quantize`, same calibration
     samples, method and scheme) and ONNX Runtime running the QDQ model, on the eval split."""
     import torch
@@ -125,7 +183,8 @@ def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bit
         return {"torch_sim": f"not run: rebuilding the torch model raised {type(e).__name__}: {e}"}
     try:
         sim = torch_quantize(model, data.x, method, bits, target, keep_fp=keep_fp, norm_inputs=norm_inputs,
-                             act_scheme=act_scheme)
+                             act_scheme=act_scheme,
+                             int8_accumulation=int8_accumulation, overflow_fix=overflow_fix)
     except EdgeforgeError as e:
         return {"torch_sim": f"not run: {e}"}
     except Exception as e:  # noqa: BLE001
@@ -155,6 +214,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
                       bits: str | None = None, target: str | None = None, num_samples: int | None = None,
                       keep_fp: list[str] = (), norm_inputs: bool = False, act_scheme: str = "auto",
                       analyze: bool = True, simulate: bool = True, force: bool = False,
+                      int8_accumulation: str | None = None, overflow_fix: str = "auto",
                       argv: list[str] | None = None, console=None, show_progress: bool = True) -> QuantResult:
     """Quantize ARTIFACT/fp32/model.onnx; see the module docstring."""
     from edgeforge.data.calib import load_calib
@@ -177,14 +237,16 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         raise BadInput(f"--bits {bits!r}: accepted {', '.join(BITS)}")
     calib = calib or qdef.get("calib", "natural")
     num_samples = num_samples or qdef.get("num_samples", 32)
-    scheme = resolve(bits, target, method, act_scheme)
+    scheme = resolve(bits, target, method, act_scheme, int8_accumulation, overflow_fix)
     t0 = time.perf_counter()
     data = load_calib(calib, spec, num_samples)
     t_data = time.perf_counter() - t0
     name = step_name(method, bits, scheme.target)
     out_dir = art / name
     onnx_path, qjson = out_dir / "model.onnx", out_dir / "quant.json"
-    settings = {"method": method, "bits": bits, "scheme": scheme.to_json(), "calib_hash": data.hash,
+    # the reason names this CPU: the model depends only on the accumulation it led to
+    scheme_key = {k: v for k, v in scheme.to_json().items() if k != "accumulation_reason"}
+    settings = {"method": method, "bits": bits, "scheme": scheme_key, "calib_hash": data.hash,
                 "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
                 "analyze": analyze, "simulate": simulate, "version": QUANT_VERSION}
     import onnxruntime
@@ -195,7 +257,9 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         return QuantResult(out_dir, onnx_path, qjson, manifest.step(name), skipped=True)
 
     model = onnx.load(str(fp32))
-    report: dict = {"method": method, "bits": bits, "scheme": scheme.to_json(),
+    from edgeforge.targets.host import cpu_record
+
+    report: dict = {"method": method, "bits": bits, "scheme": scheme.to_json(), "cpu": cpu_record(),
                     "calibration": data.summary(), "keep_fp": list(keep_fp)}
     if method == "ort":
         from edgeforge.quant.ort_baseline import ort_quantize, qdq_params
@@ -224,12 +288,14 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
             report["analysis"] = run_analysis(prepared, qmodel, q.plan, q.act_q, q.weight_q, data.x[:n])
             report["timings_s"]["analysis_s"] = round(time.perf_counter() - t1, 3)
     report["timings_s"]["calib_data_s"] = round(t_data, 3)
+    report["int8_kernels"] = int8_kernel_check(qmodel, scheme)
     ev = eval_split(calib, data.preprocess)
     report["accuracy"] = evaluate(model, qmodel, ev)
     if simulate and method != "ort":
         t1 = time.perf_counter()
         report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
-                                                list(keep_fp), norm_inputs, act_scheme))
+                                                list(keep_fp), norm_inputs, act_scheme,
+                                                scheme.int8_accumulation, scheme.overflow_fix))
         report["timings_s"]["torch_sim_s"] = round(time.perf_counter() - t1, 3)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(onnx_path) as tmp:
@@ -240,6 +306,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     write_json_atomic(qjson, report)
     entry = {"inputs_hash": inputs_hash, "command": shlex.join(argv) if argv else None,
              "method": method, "bits": bits, "target": scheme.target, "scheme": scheme.to_json(),
+             "cpu": report["cpu"],
              "calibration": {"name": data.definition.name, "hash": data.hash, "count": len(data.x),
                              "skipped": len(data.skipped)},
              "accuracy": report["accuracy"], "onnx": report["onnx"], "quant_json": str(qjson.relative_to(art)),

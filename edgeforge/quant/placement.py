@@ -35,6 +35,9 @@ class ActSite:
 
     tensor: str
     roles: set[str] = field(default_factory=set)
+    # the [min, max] of a Clip (ReLU6) this quantizer follows: its range must lie inside, so that
+    # ONNX Runtime drops the Clip (ClipQuantFusion) and fuses Conv + quantized output
+    clip: tuple[float, float] | None = None
 
 
 @dataclass
@@ -422,12 +425,20 @@ def plan(model: onnx.ModelProto, keep_fp: list[str] = (), norm_inputs: bool = Fa
             weights.append(WeightSite(n.name, n.input[w_slot], axis, bias, srcs[0]))
         if n.op_type == "Conv" and n.output[0] not in idx.graph_outputs:
             out = n.output[0]
-            # Conv -> Relu -> Q: runtimes fold the Relu into the quantized output (zero-point at
-            # qmin), so quantize after the Relu instead of adding a needless Q/DQ pair before it.
+            # Conv -> Relu / Clip (ReLU6) -> Q: ONNX Runtime drops the activation when the quantized
+            # range lies inside it (Relu/ClipQuantFusion) and OpenVINO folds it into the conv, so
+            # quantize once after the activation; a quantizer before it would spend its levels on
+            # values the activation throws away, and add a second rounding.
             cons = idx.consumers.get(out, [])
-            if len(cons) == 1 and cons[0][0].op_type == "Relu" and out not in idx.graph_outputs:
-                out = cons[0][0].output[0]
+            clip = None
+            if len(cons) == 1 and out not in idx.graph_outputs:
+                act = cons[0][0]
+                bounds = clip_bounds(act, idx) if act.op_type == "Clip" else None
+                if act.op_type == "Relu" or (bounds is not None and bounds[0] <= 0.0 <= bounds[1]):
+                    out, clip = act.output[0], bounds
             add(out, "output")
+            if clip is not None and out in acts:
+                acts[out].clip = clip
         layers.append(n.name)
 
     if unmatched:
@@ -465,6 +476,24 @@ def plan(model: onnx.ModelProto, keep_fp: list[str] = (), norm_inputs: bool = Fa
             if n.op_type in NORMS:
                 add(idx.source(n.input[0]), "norm")
     return Plan(acts, weights, layers, kept, types)
+
+
+def clip_bounds(node: onnx.NodeProto, idx: GraphIndex) -> tuple[float, float] | None:
+    """A Clip's constant [min, max] (inputs since opset 11, attributes before); None if not constant."""
+    lo, hi = _attr(node, "min", -np.inf), _attr(node, "max", np.inf)
+    for slot, default in ((1, lo), (2, hi)):
+        if len(node.input) > slot and node.input[slot]:
+            t = node.input[slot]
+            if t not in idx.inits:
+                return None
+            v = float(idx.init_array(t).ravel()[0])
+        else:
+            v = default
+        if slot == 1:
+            lo = v
+        else:
+            hi = v
+    return float(lo), float(hi)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

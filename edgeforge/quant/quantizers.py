@@ -29,6 +29,9 @@ class QParams:
     observer: str = "minmax"
     kind: str = "uniform"
     extra: dict = field(default_factory=dict)
+    # explicit integer codes (weights only), when they are not plain rounding of w / scale: the
+    # saturation-safe weights (`overflow.make_safe`) move a few codes off the nearest level
+    codes: np.ndarray | None = None
 
     @property
     def qmin(self) -> int:
@@ -96,6 +99,26 @@ def params_from_range(lo, hi, bits: int, symmetric: bool, signed: bool, axis: in
     return QParams(scale, np.asarray(zp, np.int64), bits, symmetric, signed, axis, observer)
 
 
+def fit_inside(qp: QParams, lo: float, hi: float) -> QParams:
+    """Shrink a per-tensor quantizer's scale by float32 ulps until its representable range lies
+    inside [lo, hi] (a Clip it follows), so runtimes can drop the Clip; a no-op when it already does."""
+    if qp.per_channel or qp.kind != "uniform":
+        return qp
+    s = np.float32(qp.scale)
+    z = float(qp.zero_point)
+    for _ in range(64):
+        # in float64 and in float32 (how ORT's fusion compares them): inside both ways
+        low, high = (qp.qmin - z) * float(s), (qp.qmax - z) * float(s)
+        low32, high32 = np.float32(qp.qmin - z) * s, np.float32(qp.qmax - z) * s
+        if min(low, low32) >= lo and max(high, high32) <= hi:
+            break
+        s = np.nextafter(s, np.float32(0))
+    if s == np.float32(qp.scale):
+        return qp
+    return QParams(np.asarray(s, np.float32), qp.zero_point, qp.bits, qp.symmetric, qp.signed, qp.axis,
+                   qp.observer, qp.kind, {**qp.extra, "fitted_inside_clip": [lo, hi]})
+
+
 def _bcast(a: np.ndarray, x: np.ndarray, axis: int | None) -> np.ndarray:
     if axis is None or np.ndim(a) == 0:
         return a
@@ -110,6 +133,15 @@ def quantize(x: np.ndarray, qp: QParams) -> np.ndarray:
     z = _bcast(qp.zero_point, x, qp.axis)
     # round half to even, as ONNX QuantizeLinear does
     return np.clip(np.rint(x / s) + z, qp.qmin, qp.qmax).astype(np.int32)
+
+
+def weight_codes(w: np.ndarray, qp: QParams) -> np.ndarray:
+    """The integer codes a weight is stored with: explicit codes where the quantizer has them."""
+    if qp.codes is not None:
+        if qp.codes.shape != np.shape(w):
+            raise ValueError(f"weight codes {qp.codes.shape} do not match the weight {np.shape(w)}")
+        return qp.codes.astype(np.int32)
+    return quantize(w, qp)
 
 
 def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:

@@ -34,9 +34,23 @@ class Scheme:
     weight_per_channel: bool
     constraints: dict
     runtime: str = "onnxruntime"
+    # "int32" or "int16-pairs" (saturating x86 kernels without VNNI), and why
+    int8_accumulation: str = "int32"
+    accumulation_reason: str = ""
+    # how weights are kept from saturating 16-bit pairs: "pairs" (per-channel scale search with
+    # only the offending pairs pulled in, `overflow.py`), "reduce-range" (7-bit weights, ORT's and
+    # NNCF's answer) or "none" (32-bit accumulation: nothing to fix)
+    overflow_fix: str = "none"
+
+    @property
+    def stored_weight_bits(self) -> int:
+        """Weight bits after the overflow fix: `reduce-range` keeps 8-bit weights in 7 bits."""
+        return min(self.weight_bits, 7) if self.overflow_fix == "reduce-range" else self.weight_bits
 
     def to_json(self) -> dict:
         return {"target": self.target, "weight_bits": self.weight_bits, "act_bits": self.act_bits,
+                "int8_accumulation": self.int8_accumulation, "accumulation_reason": self.accumulation_reason,
+                "overflow_fix": self.overflow_fix,
                 "activations": ("int8" if self.act_signed else "uint8") + (
                     " symmetric" if self.act_symmetric else " asymmetric") + " per-tensor",
                 "weights": "int8 symmetric " + ("per-channel" if self.weight_per_channel else "per-tensor"),
@@ -52,9 +66,31 @@ def target_constraints(target: str | None) -> tuple[str, dict]:
     return t.name, {**t.quantization.model_dump(mode="json"), "runtime": t.runtime}
 
 
+ACCUMULATIONS = ("host", "int32", "int16-pairs")
+OVERFLOW_FIXES = ("auto", "pairs", "reduce-range", "none")
+
+
+def accumulation_for(constraint: str, runtime: str, override: str | None = None) -> tuple[str, str]:
+    """Resolve a profile's (or the user's) int8 accumulation to "int32" / "int16-pairs" and why."""
+    want = override or constraint or "int32"
+    if want not in ACCUMULATIONS:
+        raise BadInput(f"--int8-accumulation {want!r}: accepted {', '.join(ACCUMULATIONS)}")
+    if want == "host":
+        from edgeforge.targets.host import int8_accumulation
+
+        acc, why = int8_accumulation(runtime)
+        return acc, ("this host: " + why)
+    src = "--int8-accumulation" if override else "the target profile"
+    return want, f"{src} says {want}"
+
+
 def resolve(bits: str = "w8a8", target: str | None = None, method: str = "minmax",
-            act_scheme: str = "auto") -> Scheme:
-    """Decide the scheme for `method` at `bits` on `target`; refuse what the target cannot run."""
+            act_scheme: str = "auto", int8_accumulation: str | None = None,
+            overflow_fix: str = "auto") -> Scheme:
+    """Decide the scheme for `method` at `bits` on `target`; refuse what the target cannot run.
+
+    `int8_accumulation` overrides the target's (e.g. quantize on an AVX-512 VNNI build server for
+    an AVX2 edge box: "int16-pairs"); `overflow_fix` picks how weights avoid 16-bit saturation."""
     if bits not in BITS:
         raise BadInput(f"--bits {bits!r}: accepted {', '.join(BITS)}")
     wb, ab = BITS[bits]
@@ -75,8 +111,14 @@ def resolve(bits: str = "w8a8", target: str | None = None, method: str = "minmax
     signed = dtype == "int8" or (dtype == "any" and symmetric)
     if dtype == "uint8" and symmetric:
         signed = False  # symmetric in uint8: zero-point 128
+    runtime = c.get("runtime", "onnxruntime")
+    acc, why = accumulation_for(c.get("int8_accumulation", "int32"), runtime, int8_accumulation)
+    if overflow_fix not in OVERFLOW_FIXES:
+        raise BadInput(f"--overflow-fix {overflow_fix!r}: accepted {', '.join(OVERFLOW_FIXES)}")
+    if overflow_fix == "auto":
+        overflow_fix = "pairs" if acc == "int16-pairs" else "none"
     return Scheme(name, wb, ab, symmetric, signed, bool(c.get("per_channel_weights", True)), c,
-                  c.get("runtime", "onnxruntime"))
+                  runtime, acc, why, overflow_fix)
 
 
 def convert_for_target(qp: QParams, scheme: Scheme, what: str) -> QParams:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeforge.quant.observers import Observer, observer_for, weight_params
-from edgeforge.quant.quantizers import QParams, log_params, quantize_bias
+from edgeforge.quant.overflow import Layer, make_safe, max_activation_code
+from edgeforge.quant.quantizers import QParams, dequantize, fit_inside, log_params, quantize_bias
 from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
 
 PASS_METHODS = {"view", "reshape", "permute", "transpose", "flatten", "contiguous", "squeeze", "unsqueeze"}
@@ -38,6 +39,7 @@ CATS = {torch.cat, torch.concat}
 POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.MaxPool2d)
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 FOLDABLE_AFTER = (nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout)
+CLIP_FUNCS = (F.relu6, F.hardtanh)  # exported as Clip; ReLU6 / Hardtanh modules too
 
 
 def _fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -63,6 +65,7 @@ class ActQuant(nn.Module):
         self.site, self.roles = site, set(roles)
         self.observer = Observer(method, percentile=percentile)
         self.qparams: QParams | None = None
+        self.clip: tuple[float, float] | None = None  # a ReLU6/Hardtanh range the quantizer must fit in
         self.mode = "observe"
 
     def forward(self, x):
@@ -81,7 +84,13 @@ class QuantWeight(nn.Module):
     def __init__(self, inner: nn.Module, qp: QParams):
         super().__init__()
         self.inner, self.qparams, self.enabled = inner, qp, True
-        self.register_buffer("wq", _fake_quant(inner.weight.detach(), qp), persistent=False)
+        w = inner.weight.detach()
+        if qp.codes is not None:  # saturation-safe codes: exactly the integers the QDQ model stores
+            wq = dequantize(qp.codes, qp)
+            w = torch.from_numpy(wq).to(w.dtype)
+        else:
+            w = _fake_quant(w, qp)
+        self.register_buffer("wq", w, persistent=False)
         self.bq: torch.Tensor | None = None
         self.bias_int: np.ndarray | None = None  # the int32 values the QDQ model stores
 
@@ -198,12 +207,30 @@ def _fold_forward(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
             n = u
         elif u.op == "call_function" and u.target in (F.relu, torch.relu, F.batch_norm):
             n = u
+        elif _clip_bounds(gm, u) is not None:
+            n = u  # Conv -> Clip (ReLU6): quantized once after it, as placement.plan does
         elif u.op == "call_function" and u.target in (operator.mul, torch.mul) and \
                 any(_is_const(gm, a) for a in u.args if a is not n):
             n = u
         else:
             break
     return n
+
+
+def _clip_bounds(gm: fx.GraphModule, n: fx.Node) -> tuple[float, float] | None:
+    """[min, max] of a ReLU6 / Hardtanh node that contains 0 (the Clips placement folds), else None."""
+    if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Hardtanh):
+        m = gm.get_submodule(n.target)
+        lo, hi = float(m.min_val), float(m.max_val)
+    elif n.op == "call_function" and n.target is F.relu6:
+        lo, hi = 0.0, 6.0
+    elif n.op == "call_function" and n.target is F.hardtanh:
+        args = list(n.args[1:3])
+        lo = float(n.kwargs.get("min_val", args[0] if args else -1.0))
+        hi = float(n.kwargs.get("max_val", args[1] if len(args) > 1 else 1.0))
+    else:
+        return None
+    return (lo, hi) if lo <= 0.0 <= hi else None
 
 
 def _module_name(n: fx.Node) -> str:
@@ -348,7 +375,8 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
              keep_fp: list[str] = (), norm_inputs: bool = False, softmax_quantizer: str = "uniform",
              example_inputs: tuple | None = None, input_spec=None, num_samples: int | None = None,
              batch: int = 8, act_scheme: str = "auto", fold_bn: bool = True, console=None,
-             show_progress: bool = False) -> QuantizedModule:
+             show_progress: bool = False, int8_accumulation: str | None = None,
+             overflow_fix: str = "auto") -> QuantizedModule:
     """Quantize a torch model with a calibration set.
 
     `calib`: an array/tensor of preprocessed samples (N, ...), or a calibration-set name/path
@@ -367,7 +395,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
         x = torch.from_numpy(load_calib(calib, input_spec, num_samples).x)
     if num_samples:
         x = x[:num_samples]
-    scheme = resolve(bits, target, method, act_scheme)
+    scheme = resolve(bits, target, method, act_scheme, int8_accumulation, overflow_fix)
     model = copy.deepcopy(model).eval()
     if fold_bn:
         from edgeforge.export.transforms import apply_transforms
@@ -384,6 +412,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
         name = f"_q{i}_{n.name}"
         q = ActQuant(n.name, roles, observer_for(method, "Softmax" if _is_softmax(n) else None))
+        q.clip = _clip_bounds(gm, n) if "output" in roles else None
         if softmax_quantizer != "uniform" and _is_softmax(n):
             q.roles.add(softmax_quantizer)
         gm.add_submodule(name, q)
@@ -398,7 +427,12 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
         mod = gm.get_submodule(target_name)
         axis = 0 if scheme.weight_per_channel else None
         wobs = "mse" if method == "mse" or scheme.weight_bits < 8 else "minmax"
-        qp = weight_params(mod.weight.detach().cpu().numpy(), scheme.weight_bits, wobs, axis)
+        w = mod.weight.detach().cpu().numpy()
+        qp = weight_params(w, scheme.stored_weight_bits, wobs, axis)
+        if scheme.overflow_fix == "pairs":  # as the ONNX engine does (engine.kernel_layer)
+            layer = (Layer("conv", int(w.shape[1]), int(np.prod(w.shape[2:]))) if w.ndim >= 3 else
+                     Layer("linear", int(w.shape[1])))
+            qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), 0)
         wq[target_name] = qp
         parent, _, child = target_name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, child, QuantWeight(mod, qp))
@@ -419,7 +453,8 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
             q.qparams = log_params(max(q.observer.max, 1e-8), scheme.act_bits, softmax_quantizer, method)
         else:
             qp = q.observer.params(scheme.act_bits, scheme.act_symmetric, scheme.act_signed)
-            q.qparams = convert_for_target(qp, scheme, f"activation {q.site}")
+            qp = convert_for_target(qp, scheme, f"activation {q.site}")
+            q.qparams = fit_inside(qp, *q.clip) if q.clip else qp
         q.mode = "quant"
     _quantize_biases(gm)
     return QuantizedModule(gm, scheme, method, act, wq, kept)

@@ -35,6 +35,9 @@ class QuantConstraints(_Strict):
     activation_granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
     activation_dtype: Literal["int8", "uint8", "any"] = "any"
     weight_dtype: Literal["int8"] = "int8"
+    # How the INT8 kernels add byte products: 32-bit dot products (VNNI, AMX, Arm dotprod, GPUs),
+    # or u8 x s8 pairs in saturating 16-bit lanes (x86 without VNNI); `host`: from this CPU's flags.
+    int8_accumulation: Literal["int32", "int16-pairs", "host"] = "int32"
     quantizers: list[str] = Field(default_factory=list)
     note: str = ""
 

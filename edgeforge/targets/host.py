@@ -80,3 +80,40 @@ def host_peak():
                 f"{fp32_per_cycle} FP32 FLOP/cycle ({isa}); INT8 x{int8_factor} ({int8_isa})"),
         estimate="host",
     )
+
+
+# ----------------------------------------------------------------------------- int8 arithmetic
+# Flags under which x86 int8 kernels accumulate byte products in 32 bits (no 16-bit pair step).
+DOT32_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# oneDNN (OpenVINO's CPU plugin) honours this cap; an ISA named here has no VNNI.
+_ONEDNN_NO_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def cpu_record() -> dict:
+    """The CPU that measured or decided something: model name and the flags that decide int8."""
+    flags = _cpu_flags()
+    return {"model": _cpu_name(), "machine": platform.machine(),
+            "int8_flags": sorted(f for f in INT8_FLAGS if f in flags)}
+
+
+def int8_accumulation(runtime: str = "onnxruntime") -> tuple[str, str]:
+    """How this host's int8 kernels add products: ("int32" | "int16-pairs", why).
+
+    x86 without VNNI/AMX multiplies u8 x s8 byte pairs into saturating 16-bit lanes (vpmaddubsw);
+    VNNI, AMX and Arm's dot product accumulate in 32 bits. For OpenVINO, a ONEDNN_MAX_CPU_ISA cap
+    below VNNI makes oneDNN take the pair path on any CPU."""
+    flags = _cpu_flags()
+    name = _cpu_name()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if runtime == "openvino" and cap in _ONEDNN_NO_VNNI:
+        return "int16-pairs", f"ONEDNN_MAX_CPU_ISA={cap} caps OpenVINO's kernels below VNNI on {name}"
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
+    if not x86:
+        return "int32", f"{name} ({platform.machine()}): int8 dot products accumulate in 32 bits"
+    dot = [f for f in DOT32_FLAGS if f in flags]
+    if dot:
+        return "int32", f"{name} has {', '.join(dot)}: 32-bit int8 dot products"
+    if not flags:
+        return "int16-pairs", "CPU flags unreadable here: assuming the saturating 16-bit pair path (safe)"
+    return "int16-pairs", f"{name} has no VNNI/AMX: u8 x s8 pairs add in saturating 16-bit lanes"
