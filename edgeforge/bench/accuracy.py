@@ -154,9 +154,14 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def evaluate(runner: Runner, evalset: EvalSet, base_feed: Mapping[str, np.ndarray], input_name: str,
-             reference: Runner | None = None, reference_name: str | None = None) -> dict:
-    """Top-1/top-5 (when labelled) and agreement/SQNR against `reference` (when given)."""
-    scores = logits(runner, evalset.x, base_feed, input_name)
+             reference: Runner | None = None, reference_name: str | None = None,
+             scores: np.ndarray | None = None, ref_scores: np.ndarray | None = None) -> dict:
+    """Top-1/top-5 (when labelled) and agreement/SQNR against `reference` (when given).
+
+    `scores` / `ref_scores`: the runner's / the reference's outputs over `evalset.x` when the
+    caller already has them (`logits`), so nothing runs twice."""
+    if scores is None:
+        scores = logits(runner, evalset.x, base_feed, input_name)
     result: dict[str, Any] = {"dataset": evalset.name, "dataset_sha256": evalset.sha256,
                               "num_samples": int(len(evalset.x)), "labels": evalset.y is not None}
     if evalset.y is not None:
@@ -165,9 +170,9 @@ def evaluate(runner: Runner, evalset: EvalSet, base_feed: Mapping[str, np.ndarra
                            f"{scores.shape[1]} outputs")
         result["top1"] = topk(scores, evalset.y, 1)
         result["top5"] = topk(scores, evalset.y, 5)
-    if reference is not None:
-        ref = logits(reference, evalset.x, base_feed, input_name)
-        result["reference"] = reference_name or reference.name
+    if reference is not None or ref_scores is not None:
+        ref = ref_scores if ref_scores is not None else logits(reference, evalset.x, base_feed, input_name)
+        result["reference"] = reference_name or (reference.name if reference is not None else "reference")
         result["agreement_top1"] = float(100.0 * np.mean(ref.argmax(1) == scores.argmax(1)))
         s = sqnr_db(ref, scores)
         result["sqnr_db"] = s if math.isfinite(s) else 999.0

@@ -7,7 +7,15 @@ The steps: resolve the model file for the target (a compiled artifact under ART/
 constraints, reach the target (or write a "not measured" report with the reason), load and time
 the first inference with its peak memory, measure latency (alternating blocks with the FP32
 model when an INT8 one is benched, so the speed-up is measured under the same conditions),
-evaluate accuracy with `--eval`, and relate the latency to the device's peak.
+evaluate accuracy, check an INT8 model's kernels against the float emulation of its QDQ graph
+(kernel fidelity), and relate the latency to the device's peak.
+
+Accuracy: with `--eval` on that set (labels and agreement with FP32); without it an INT8 model
+is still compared with FP32 (top-1 agreement, SQNR) on the inputs it was timed with: the timed
+input and `CHECK_INPUTS - 1` more drawn the same way. On the same inputs its outputs are compared
+with ONNX Runtime's float emulation of the QDQ graph (edgeforge.bench.fidelity); a drift is a
+warning naming this CPU, and below `max_kernel_drift` dB a failure (`BenchResult.failures`,
+exit 1 from the CLI, the report still written).
 
 Only the accuracy path needs numpy beyond the runtimes; nothing here imports torch.
 """
@@ -26,13 +34,18 @@ from typing import Any, Mapping
 from edgeforge import __version__, targets
 from edgeforge.artifacts import Manifest, sha256_file, sha256_json
 from edgeforge.bench import accuracy as acc
+from edgeforge.bench import fidelity
 from edgeforge.bench import latency as lat
 from edgeforge.bench.inputs import make_feed, recipe_input, specs_from_manifest
 from edgeforge.bench.memory import PeakMemory
-from edgeforge.errors import BadInput
+from edgeforge.errors import BadInput, EdgeforgeError
 from edgeforge.runtimes import create_runner
 from edgeforge.runtimes.base import Runner
-from edgeforge.targets.host import _cpu_name, cpu_count
+from edgeforge.targets.host import _cpu_name, cpu_count, cpu_record
+
+# Inputs an INT8 model is checked on without --eval (agreement/SQNR with FP32, kernel fidelity):
+# the timed input and 15 more drawn the same way; a few inferences per model, small next to timing.
+CHECK_INPUTS = 16
 
 
 @dataclass
@@ -48,6 +61,7 @@ class BenchResult:
     report: Any  # edgeforge.report.schema.Report
     paths: dict[str, Path] = field(default_factory=dict)
     others: list["BenchResult"] = field(default_factory=list)  # the --vs subjects' results
+    failures: list[str] = field(default_factory=list)  # checks asked for that failed (max_kernel_drift)
 
 
 def _check_precision_name(precision: str) -> None:
@@ -226,12 +240,17 @@ def bench_artifact(
     argv: list[str] | None = None,
     write: bool = True,
     vs: list[str] | tuple[str, ...] = (),
+    max_kernel_drift: float | None = None,
 ) -> BenchResult:
     """Bench `artifact` at `precision` on `target`; write ART/reports/<target>-<precision>.* when `write`.
 
     `vs` adds other "TARGET[:PRECISION]" subjects (e.g. the same model on another runtime): all
     local subjects are timed in alternating blocks in one run, and each gets its own report
     (`BenchResult.others`). An INT8 subject is also timed against its target's FP32 model.
+
+    `max_kernel_drift`: a SQNR floor in dB for every INT8 subject's kernels against the float
+    emulation of its QDQ graph; a subject below it (or whose fidelity could not be measured) gets
+    a message in `BenchResult.failures` (the reports are written all the same).
     """
     art = Path(artifact)
     if not art.is_dir():
@@ -239,7 +258,8 @@ def bench_artifact(
     settings = settings or lat.Settings()
     export = Manifest(art).step("export")
     common = dict(created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), edgeforge_version=__version__,
-                  command=shlex.join(argv) if argv else None, host=_host(), settings=settings.to_dict())
+                  command=shlex.join(argv) if argv else None, host=_host(), settings=settings.to_dict(),
+                  cpu=cpu_record())
 
     def subject(target_name: str, prec: str) -> _Subject:
         tgt = targets.load(target_name)
@@ -267,29 +287,53 @@ def bench_artifact(
     timed = [x for s in measured for x in (s, s.baseline) if x is not None]
     input_spec = recipe_input(export)
     results: dict[str, Any] = {}
+    failures: dict[str, list[str]] = {}
     try:
-        feed = make_feed(specs_from_manifest(export), input_spec, seed=seed) if specs_from_manifest(export) else None
+        feed_specs = specs_from_manifest(export)
+        feed = make_feed(feed_specs, input_spec, seed=seed) if feed_specs else None
         for s in timed:
             s.runner = make_runner(s.target, s.model, device_url, threads, name=s.key)
             if feed is None:
                 s.memory, s.cold_ms, s.first_ms = _load_discovering(s.runner, input_spec, seed)
-                feed = make_feed(s.runner.input_specs(), input_spec, seed=seed)
+                feed_specs = s.runner.input_specs()
+                feed = make_feed(feed_specs, input_spec, seed=seed)
             else:
                 s.memory, s.cold_ms, s.first_ms = _load(s.runner, feed)
         samples, warnings = _time_subjects(timed, feed, settings, seed)
         evalset = None
         for s in measured:
             batch = s.runner.input_specs()[0].concrete_shape(1)[0] if s.runner.input_specs() else 1
-            accuracy = None
+            main = input_spec.get("name") or s.runner.input_specs()[0].name
+            int8 = s.precision.startswith("int8")
+            accuracy, kf, notes = None, None, []
+            check = None
             if eval_dataset is not None:
-                main = input_spec.get("name") or s.runner.input_specs()[0].name
                 if evalset is None:
                     evalset = acc.load_eval_set(
                         eval_dataset, input_spec or {"shape": list(s.runner.input_specs()[0].shape[1:])}, eval_limit)
-                ref = s.baseline.runner if s.baseline else None
-                accuracy = acc.evaluate(s.runner, evalset, feed, main, reference=ref,
-                                        reference_name=f"fp32 ({s.target.name})" if ref else None)
-            results[s.key] = (batch, accuracy, s.runner.info())
+                check = evalset
+            elif int8:
+                check = check_inputs(feed_specs, input_spec, feed, main, seed)
+            if check is not None:
+                scores = acc.logits(s.runner, check.x, feed, main)
+                ref_scores, ref_name = _fp32_reference(art, s, check, feed, main, threads)
+                accuracy = acc.evaluate(s.runner, check, feed, main, scores=scores, ref_scores=ref_scores,
+                                        reference_name=ref_name)
+                if int8:
+                    kf, notes = _kernel_fidelity(s, check, scores, feed, main, threads, max_kernel_drift)
+            if int8 and max_kernel_drift is not None and (kf is None or kf.get("passed") is not True):
+                if kf is None or kf.get("not_measured"):
+                    why = (kf or {}).get("not_measured") or "no QDQ ONNX graph to emulate"
+                    failures.setdefault(s.key, []).append(
+                        f"{s.key}: --max-kernel-drift {max_kernel_drift:g} dB cannot be checked: kernel fidelity "
+                        f"not measured ({why})")
+                else:
+                    failures.setdefault(s.key, []).append(
+                        f"{s.key}: kernel drift: SQNR of the INT8 kernels against the float emulation of the QDQ "
+                        f"graph is {kf['sqnr_db']:.1f} dB, below --max-kernel-drift {max_kernel_drift:g} dB "
+                        f"(top-1 agreement {kf['agreement_top1']:.1f}% on {kf['num_samples']} inputs): "
+                        f"{fidelity.advice(s.target.runtime, common['cpu'], _cpu_kernels(s))}")
+            results[s.key] = (batch, accuracy, s.runner.info(), kf, notes)
     finally:
         for s in timed:
             if s.runner is not None:
@@ -299,15 +343,85 @@ def bench_artifact(
     for s in subjects:
         if not s.reachable:
             report = _not_measured(art, s, export, common)
+            if max_kernel_drift is not None and s.precision.startswith("int8"):
+                failures.setdefault(s.key, []).append(
+                    f"{s.key}: --max-kernel-drift {max_kernel_drift:g} dB cannot be checked: not measured ({s.how})")
         else:
-            batch, accuracy, info = results[s.key]
-            report = _measured(art, s, export, common, samples, batch, accuracy, info, warnings.get(s.key, []),
-                               settings)
+            batch, accuracy, info, kf, notes = results[s.key]
+            report = _measured(art, s, export, common, samples, batch, accuracy, info,
+                               warnings.get(s.key, []) + notes, settings, kf)
         paths = _write(art, s, report, common) if write else {}
-        out.append(BenchResult(report, paths))
+        out.append(BenchResult(report, paths, failures=failures.get(s.key, [])))
     main = out[0]
     main.others = out[1:]
     return main
+
+
+def check_inputs(specs: list, input_spec: Mapping, feed: Mapping, main: str, seed: int,
+                 n: int = CHECK_INPUTS) -> acc.EvalSet:
+    """The timed input and `n - 1` more drawn the same way (seeds seed+1..), as an unlabelled set."""
+    import hashlib
+
+    import numpy as np
+
+    x = np.concatenate([feed[main]] + [make_feed(specs, input_spec, seed=seed + i)[main] for i in range(1, n)])
+    name = (f"bench inputs: the timed input and {n - 1} more drawn the same way (seeds {seed}..{seed + n - 1}; "
+            f"uniform pixels normalised with the recipe's mean/std)")
+    return acc.EvalSet(name, x, None, hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+
+
+def _fp32_reference(art: Path, s: _Subject, check: acc.EvalSet, feed: Mapping, main: str,
+                    threads: int | None) -> tuple[Any, str | None]:
+    """FP32 outputs on `check.x`: the target's FP32 model timed alongside, or for an INT8 model
+    without one (--no-baseline, a target without fp32) the FP32 ONNX in ONNX Runtime here."""
+    if s.baseline is not None and s.baseline.runner is not None:
+        return acc.logits(s.baseline.runner, check.x, feed, main), f"fp32 ({s.target.name})"
+    fp32 = art / "fp32" / "model.onnx"
+    if not s.precision.startswith("int8") or not fp32.is_file():
+        return None, None
+    with create_runner("onnxruntime", fp32, threads=threads or 0, name="fp32-reference") as r:
+        return acc.logits(r, check.x, feed, main), "fp32 (onnxruntime on this host)"
+
+
+def _kernel_fidelity(s: _Subject, check: acc.EvalSet, scores: Any, feed: Mapping, main: str,
+                     threads: int | None, floor_db: float | None) -> tuple[dict, list[str]]:
+    """The subject's INT8 kernels (`scores`, its outputs on `check.x`) against ONNX Runtime's
+    float emulation of its QDQ graph; and the warnings to add to its report."""
+    local = s.target.reach.kind == "local"
+    runtime = s.target.runtime
+    kf: dict[str, Any] = {
+        "runtime": runtime,
+        "kernels": f"{s.model.path.name} on {runtime} ({s.target.name}, {'local' if local else s.how})",
+        "reference": fidelity.EMULATION + (f" of {s.model.onnx.parent.name}/{s.model.onnx.name}" if s.model.onnx else ""),
+        "inputs": check.name, "warn_below_db": fidelity.WARN_SQNR_DB, "floor_db": floor_db,
+        "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA") if runtime == "openvino" and local else None}
+    if s.model.onnx is None:
+        kf["not_measured"] = f"{s.model.path.name} has no QDQ ONNX graph to emulate"
+        return kf, []
+    try:
+        with create_runner("onnxruntime", s.model.onnx, graph_optimization="disable", threads=threads or 0,
+                           name="float-emulation") as emu:
+            ref = acc.logits(emu, check.x, feed, main)
+        c = fidelity.compare(scores, ref)
+    except (EdgeforgeError, ValueError) as e:
+        kf["not_measured"] = f"the float emulation could not run: {e}"
+        return kf, [f"kernel fidelity not measured: {kf['not_measured']}"]
+    kf.update(num_samples=c["num_samples"], agreement_top1=round(100.0 * c["agreement"], 2), sqnr_db=c["sqnr_db"],
+              cosine=c["cosine"], max_abs_error_rel=c["max_abs_error_rel"],
+              drift=fidelity.is_drift(c["sqnr_db"]),
+              passed=None if floor_db is None else not fidelity.is_drift(c["sqnr_db"], floor_db))
+    notes = []
+    if (w := fidelity.drift_warning(runtime, c, cpu_record(), _cpu_kernels(s))):
+        notes.append(w)
+    if kf["passed"] is False:
+        notes.append(f"--max-kernel-drift {floor_db:g} dB: FAILED (kernel fidelity SQNR {c['sqnr_db']:.1f} dB)")
+    return kf, notes
+
+
+def _cpu_kernels(s: _Subject) -> bool:
+    """Whether the subject's INT8 kernels run on this host's CPU (so its flags explain them)."""
+    return s.target.reach.kind == "local" and s.target.runtime in ("onnxruntime", "openvino") and \
+        s.target.runtime_options(s.precision).get("provider", "cpu") == "cpu"
 
 
 def _time_subjects(timed: list[_Subject], feed: Mapping, settings: lat.Settings,
@@ -338,7 +452,8 @@ def _not_measured(art: Path, s: _Subject, export: Mapping | None, common: dict):
 
 
 def _measured(art: Path, s: _Subject, export: Mapping | None, common: dict, samples: dict, batch: int,
-              accuracy: dict | None, info: Any, warnings: list[str], settings: lat.Settings):
+              accuracy: dict | None, info: Any, warnings: list[str], settings: lat.Settings,
+              kernel_fidelity: dict | None = None):
     from edgeforge.report.schema import Report
 
     latency = lat.summarize(samples[s.key], batch=batch)
@@ -362,7 +477,7 @@ def _measured(art: Path, s: _Subject, export: Mapping | None, common: dict, samp
                  "options": info.options, "versions": info.versions},
         latency=latency, memory=s.memory,
         efficiency=_efficiency(s.target, s.precision, mi["macs"], batch, latency["p50"], mi["size_bytes"]),
-        accuracy=accuracy, baseline=base, warnings=warnings, **common,
+        accuracy=accuracy, kernel_fidelity=kernel_fidelity, baseline=base, warnings=warnings, **common,
     )
 
 

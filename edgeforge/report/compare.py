@@ -62,6 +62,10 @@ def compare(base: Report, new: Report, max_latency_regression_pct: float | None 
             c.failures.append(f"{label} dropped {drop:.2f} pts (budget {max_accuracy_drop_pts:g}): {b_acc:.2f} -> {n_acc:.2f}")
     elif max_accuracy_drop_pts is not None:
         c.failures.append("accuracy budget cannot be checked: both reports need accuracy (bench with --eval)")
+    bk, nk = base.kernel_fidelity, new.kernel_fidelity
+    if bk is not None and nk is not None and bk.sqnr_db is not None and nk.sqnr_db is not None:
+        c.rows.append(("kernels vs QDQ graph SQNR (dB)", f"{bk.sqnr_db:.1f}", f"{nk.sqnr_db:.1f}",
+                       f"{nk.sqnr_db - bk.sqnr_db:+.1f} dB"))
     if base.model.sha256 == new.model.sha256 and base.target.name == new.target.name:
         c.notes.append("same model file and target: differences are run-to-run noise")
     return c

@@ -31,13 +31,41 @@ def accuracy_figure(r: Report) -> tuple[str, float] | None:
     return None
 
 
+def kernel_fidelity_text(r: Report, short: bool = False) -> str | None:
+    """The INT8 kernels against the float emulation of the QDQ graph, in words (None: no check)."""
+    k = r.kernel_fidelity
+    if k is None:
+        return None
+    if k.not_measured:
+        return f"not measured: {k.not_measured}"
+    sq = "identical outputs" if k.sqnr_db is not None and k.sqnr_db >= 999 else f"SQNR {k.sqnr_db:.1f} dB"
+    head = ("DRIFT: " if k.drift else "") + f"{sq}, agree {k.agreement_top1:.1f}%"
+    if short:
+        return head + ("" if k.passed is not False else " (FAILED)")
+    tail = [f"cosine {k.cosine:.6f}", f"max error {k.max_abs_error_rel:.2e} of the output's range"
+            if k.max_abs_error_rel is not None else "", f"{k.num_samples} inputs"]
+    gate = f"; warns below {k.warn_below_db:g} dB"
+    if k.floor_db is not None:
+        gate += f"; --max-kernel-drift {k.floor_db:g} dB: " + ("passed" if k.passed else "FAILED")
+    cap = f"; ONEDNN_MAX_CPU_ISA={k.isa_cap}" if k.isa_cap else ""
+    return (f"{head} ({', '.join(t for t in tail if t)}): {k.kernels} vs {k.reference}{gate}{cap}")
+
+
+def cpu_text(r: Report) -> str | None:
+    c = r.cpu
+    if not c:
+        return None
+    flags = ", ".join(c.get("int8_flags") or []) or "none"
+    return f"{c.get('model')} ({c.get('machine')}); int8 flags: {flags}"
+
+
 def summary_rows(reports: Sequence[Report]) -> list[dict[str, str]]:
     rows = []
     for r in reports:
         if r.status != "measured":
             rows.append({"report": r.label, "status": "not measured", "p50 ms": "-", "p90 ms": "-", "p99 ms": "-",
-                         "noise": "-", "throughput/s": "-", "top-1": "-", "vs FP32": "-", "% of peak": "-",
-                         "note": r.reason or ""})
+                         "noise": "-", "throughput/s": "-", "top-1": "-", "vs FP32": "-",
+                         "kernels vs graph": "-", "% of peak": "-", "note": r.reason or ""})
             continue
         L, a, e, b = r.latency, r.accuracy, r.efficiency, r.baseline
         acc = "-"
@@ -54,6 +82,7 @@ def summary_rows(reports: Sequence[Report]) -> list[dict[str, str]]:
             "report": r.label, "status": "measured" + (" (noisy)" if L.noisy else ""),
             "p50 ms": _ms(L.p50), "p90 ms": _ms(L.p90), "p99 ms": _ms(L.p99), "noise": f"±{L.noise_pct:.1f}%",
             "throughput/s": f"{L.throughput_per_s:.1f}", "top-1": acc, "vs FP32": ", ".join(vs) or "-",
+            "kernels vs graph": kernel_fidelity_text(r, short=True) or "-",
             "% of peak": _pct(100 * e.fraction_of_peak if e and e.fraction_of_peak is not None else None),
             "note": "; ".join([f"noisy: CV {L.cv:.0%}"] * L.noisy
                               + [w for w in r.warnings if not w.startswith("noisy run")]),
@@ -68,6 +97,8 @@ def detail_rows(r: Report) -> list[tuple[str, str]]:
         ("precision", r.model.precision),
         ("target", f"{r.target.name}: {r.target.device} [{r.target.reached}]"),
     ]
+    if (cpu := cpu_text(r)):
+        rows.append(("cpu", cpu))
     if r.model.params is not None or r.model.macs is not None:
         rows.append(("params / MACs", f"{r.model.params or 'n/a'} / {r.model.macs or 'n/a'}"))
     if r.model.inputs:
@@ -124,6 +155,8 @@ def detail_rows(r: Report) -> list[tuple[str, str]]:
         if a.top1 is None and a.agreement_top1 is None:
             parts.append("no labels: nothing to score against (this model is the reference for INT8 agreement/SQNR)")
         rows.append(("accuracy", "; ".join(parts)))
+    if (kf := kernel_fidelity_text(r)):
+        rows.append(("kernel fidelity", kf))
     for w in r.warnings:
         rows.append(("warning", w))
     return rows

@@ -122,6 +122,30 @@ class Accuracy(_Model):
     sqnr_db: float | None = None
 
 
+class KernelFidelity(_Model):
+    """An INT8 model's integer kernels on the target against the float emulation of its QDQ graph
+    (ONNX Runtime, graph optimisation disabled), on the same inputs (edgeforge.bench.fidelity).
+
+    `sqnr_db` below `warn_below_db` is a drift (a warning); below `floor_db` (`bench
+    --max-kernel-drift`) a failure. `not_measured` says why there are no figures."""
+
+    runtime: str  # whose kernels: the target's runtime
+    kernels: str  # what ran: the model file and runtime
+    reference: str  # the float emulation
+    inputs: str  # which inputs (the accuracy inputs)
+    num_samples: int = 0
+    agreement_top1: float | None = None  # % of inputs where both give the same top-1
+    sqnr_db: float | None = None  # 999 = identical outputs
+    cosine: float | None = None
+    max_abs_error_rel: float | None = None  # max |kernels - emulation| / max |emulation|
+    warn_below_db: float
+    floor_db: float | None = None  # --max-kernel-drift
+    drift: bool = False  # sqnr_db < warn_below_db
+    passed: bool | None = None  # against floor_db; None without a floor
+    isa_cap: str | None = None  # ONEDNN_MAX_CPU_ISA when OpenVINO ran under it
+    not_measured: str | None = None
+
+
 class Baseline(_Model):
     """A second model measured in the same run, alternating blocks of calls with this one."""
 
@@ -150,7 +174,11 @@ class Report(_Model):
     memory: Memory | None = None
     efficiency: Efficiency | None = None
     accuracy: Accuracy | None = None
+    kernel_fidelity: KernelFidelity | None = None
     baseline: Baseline | None = None
+    # the CPU that ran `bench` (edgeforge.targets.host.cpu_record: model name and the flags that
+    # decide int8 arithmetic); for an agent target, the host's, not the device's
+    cpu: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -158,7 +186,7 @@ class Report(_Model):
         if self.status == "not_measured":
             if not self.reason:
                 raise ValueError("a not_measured report needs the reason")
-            measured = [f for f in ("latency", "memory", "accuracy", "baseline") if getattr(self, f) is not None]
+            measured = [f for f in ("latency", "memory", "accuracy", "baseline", "kernel_fidelity") if getattr(self, f) is not None]
             if measured or (self.efficiency and self.efficiency.achieved_gops is not None):
                 raise ValueError(f"a not_measured report cannot carry measured figures ({measured})")
         elif self.latency is None:
