@@ -69,6 +69,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# how to rebuild a step's files, by step kind (export, int8-<method>, compile/<target>/<precision>)
+_REDO = {"export": "export (or import) the model again with --force",
+         "int8": "quantize again with --force", "compile": "compile again with --force"}
+
+
 class Manifest:
     """`<artifact>/manifest.json`: one entry per step (export, int8-<method>, <target>, ...)."""
 
@@ -103,6 +108,39 @@ class Manifest:
             if not p.exists() or sha256_file(p) != digest:
                 return False
         return True
+
+    def recorded(self, path: str | os.PathLike) -> tuple[str, str] | None:
+        """(step, sha256) of the step that recorded `path` (the latest one), or None."""
+        try:
+            rel = str(Path(path).resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return None
+        hit = None
+        for name, step in self.steps.items():
+            digest = (step.get("files") or {}).get(rel)
+            if digest is not None:
+                hit = (name, digest)
+        return hit
+
+    def verify(self, *paths: str | os.PathLike) -> None:
+        """Raise BadInput naming the first of `paths` that differs from the sha256 its step recorded
+        (truncated, edited, replaced) or is missing: loading it would fail with a protobuf
+        traceback, or worse, run a model the manifest does not describe. Unrecorded files pass."""
+        from edgeforge.errors import BadInput
+
+        for p in paths:
+            hit = self.recorded(p)
+            if hit is None:
+                continue
+            step, digest = hit
+            again = _REDO.get(step.split("/")[0].split("-")[0], "run that step again with --force")
+            if not Path(p).is_file():
+                raise BadInput(f"{p}: missing, though {self.path} records it (step {step!r}); {again}")
+            actual = sha256_file(p)
+            if actual != digest:
+                raise BadInput(f"{p}: its sha256 ({actual[:16]}...) is not the one {self.path.name} recorded when step "
+                               f"{step!r} wrote it ({digest[:16]}...): the file was truncated, edited or replaced "
+                               f"since; {again}")
 
     def record(self, name: str, entry: dict, files: list[str | os.PathLike] = ()) -> dict:
         """Record a finished step with the sha256 of each produced file, and save atomically."""
