@@ -135,45 +135,6 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
                   f"source sha256 {r.entry['imported_from']['sha256'][:16]})")
 
 
-# --------------------------------------------------------------------------- import
-def _floats(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use numbers, one per channel, e.g. 0.485,0.456,0.406",
-                                 param_hint=option) from None
-
-
-@cli.command(name="import")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Artifact directory.")
-@click.option("--mean", default=None, help="Per-channel mean of the normalisation, e.g. 0.485,0.456,0.406 "
-                                           "(default: ImageNet's for 3 channels).")
-@click.option("--std", default=None, help="Per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's).")
-@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
-              help="The model input's layout (NHWC: a Transpose in front makes the artifact take NCHW).")
-@click.option("--name", default=None, help="Name recorded in the manifest and reports (default: the file's stem).")
-@click.option("--force", is_flag=True, help="Import even if the file has not changed.")
-def import_(model, out_dir, mean, std, layout, name, force) -> None:
-    """Make an artifact from MODEL, an ONNX file written by any tool, for quantize/compile/bench.
-
-    Writes OUT/fp32/model.onnx (after ONNX Runtime has loaded and run it) and OUT/manifest.json
-    with the source file's path and sha256 and the input spec. One float32 image input.
-    """
-    from edgeforge.export.importer import import_onnx
-
-    r = import_onnx(model, out_dir, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), layout=layout,
-                    name=name, force=force, argv=_command_line())
-    for note in r.notes:
-        console.print(f"note: {note}")
-    spec = r.entry["resolved_recipe"]["input"]
-    state = "up to date" if r.skipped else "imported"
-    console.print(f"{state}: [bold]{r.onnx_path}[/] (input {spec['name']} {spec['shape']} {spec['layout']}, "
-                  f"source sha256 {r.entry['imported_from']['sha256'][:16]})")
-
-
 # --------------------------------------------------------------------------- not yet built
 @cli.command()
 @click.argument("artifact", type=click.Path(file_okay=False))
