@@ -160,12 +160,30 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: 
     assert r.model.quant["qdq"]["weights_per_channel"] > 0
     assert r.model.quant["calibration"] == {"name": "tiny", "count": 8, "hash": "ab" * 8}
     assert r.model.quant["scheme"]["activations"] == "uint8 asymmetric per-tensor"
+    # the target's integer kernels against the float emulation of the QDQ graph, on the --eval set
+    kf = r.kernel_fidelity
+    assert kf.runtime == r.runtime.runtime and kf.num_samples == 24 and kf.sqnr_db > 30 and not kf.drift
+    assert fp32.report.kernel_fidelity is None and r.cpu["model"] == fp32.report.cpu["model"]
     for kind in ("json", "md", "html"):
         assert int8.paths[kind] == tiny_art_rw / "reports" / f"{target}-int8-ort.{kind}"
     assert load_report(int8.paths["json"]).latency.p50 == r.latency.p50
     assert "<svg" in int8.paths["html"].read_text() and "p50" in int8.paths["md"].read_text()
     index = int8.paths["index"].read_text()  # every report of the artifact on one page
     assert 'data-plot="accuracy-vs-latency"' in index and index.count('data-plot="latency-histogram"') == 2
+
+
+def test_int8_is_compared_with_fp32_without_eval(tiny_art_rw):  # noqa: F811
+    from edgeforge.bench.run import CHECK_INPUTS, bench_artifact
+
+    r = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1).report
+    a = r.accuracy
+    assert a.num_samples == CHECK_INPUTS and not a.labels and a.reference == "fp32 (cpu-ort)"
+    assert a.agreement_top1 is not None and a.sqnr_db > 10 and "timed input" in a.dataset
+    assert r.kernel_fidelity.inputs == a.dataset and r.kernel_fidelity.num_samples == CHECK_INPUTS
+    # without the FP32 model timed alongside, the reference is the FP32 ONNX in ONNX Runtime here
+    r = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1, baseline=False).report
+    assert r.baseline is None and r.accuracy.reference == "fp32 (onnxruntime on this host)"
+    assert r.accuracy.agreement_top1 is not None
 
 
 def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):  # noqa: F811

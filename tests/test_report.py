@@ -110,8 +110,12 @@ def test_report_show_and_markdown(reports, run_cli):
     assert code == 0, err
     assert "p50" in out and "openvino" in out
     md = reports["cpu-ort-int8-ort"].with_suffix(".md").read_text()
-    for field in ("p50", "p99", "throughput", "cold load", "peak memory", "fraction of peak", "vs FP32", "top-1"):
+    for field in ("p50", "p99", "throughput", "cold load", "peak memory", "fraction of peak", "vs FP32", "top-1",
+                  "kernel fidelity", "kernels vs graph", "int8 flags"):
         assert field in md, field
+    assert "kernel fidelity" in out and "float emulation" in out
+    code, out, err = run_cli("report", "compare", reports["cpu-ort-int8-ort"], reports["cpu-openvino-int8-ort"])
+    assert code == 0 and "kernels vs QDQ graph SQNR" in out
     code, out, err = run_cli("report", "show", reports["rpi5-ort-fp32"])
     assert code == 0 and "not measured" in out
 
