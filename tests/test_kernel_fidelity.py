@@ -153,7 +153,13 @@ def test_saturating_kernels_warn_and_fail_the_drift_floor(saturating, run_cli):
 @x86
 def test_saturation_safe_weights_follow_the_graph_on_the_capped_path(exported):
     """The warning's advice works: the same model quantized for int16-pair accumulation passes."""
+    from edgeforge.runtimes.isa import _host_has_vnni
+
     art = _quantized(exported, "pairs", "--int8-accumulation", "int16-pairs")
+    if _host_has_vnni():  # quantize checks the AVX2 kernels the model is made for
+        q = json.loads((art / "int8-minmax" / "quant.json").read_text())
+        avx2 = [e for e in q["accuracy"]["kernel_fidelity"] if e.get("isa_cap") == "AVX2"]
+        assert len(avx2) == 1 and avx2[0]["sqnr_db"] > 30 and "warning" not in avx2[0], avx2
     proc = _bench_capped(art, "--max-kernel-drift", "30")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     kf = json.loads((art / "reports" / "cpu-openvino-int8-minmax.json").read_text())["kernel_fidelity"]

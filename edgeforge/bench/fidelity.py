@@ -90,15 +90,16 @@ def advice(runtime: str, cpu: Mapping[str, Any] | None, local: bool = True) -> s
 
 
 def drift_warning(runtime: str, fid: Mapping[str, Any], cpu: Mapping[str, Any] | None, local: bool = True,
-                  floor_db: float = WARN_SQNR_DB) -> str | None:
-    """The warning for a kernel drift (None when the kernels follow the graph)."""
+                  floor_db: float = WARN_SQNR_DB, advice_text: str | None = None) -> str | None:
+    """The warning for a kernel drift (None when the kernels follow the graph); `advice_text`
+    replaces the advice derived from this host's CPU."""
     s = fid.get("sqnr_db")
     if not is_drift(s, floor_db):
         return None
     agree = fid.get("agreement")
     agree_txt = f", top-1 agreement {100 * agree:.1f}%" if agree is not None else ""
     return (f"kernel drift: the INT8 kernels of {runtime} do not compute what the QDQ graph says (SQNR {s:.1f} dB "
-            f"against its float emulation, below {floor_db:g} dB{agree_txt}): {advice(runtime, cpu, local)}")
+            f"against its float emulation, below {floor_db:g} dB{agree_txt}): {advice_text or advice(runtime, cpu, local)}")
 
 
 # ------------------------------------------------------------------------------ running the model

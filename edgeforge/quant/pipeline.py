@@ -69,11 +69,14 @@ def top1(logits: np.ndarray) -> np.ndarray:
     return logits.reshape(len(logits), -1).argmax(-1)
 
 
-def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev) -> dict:
+def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev, scheme=None) -> dict:
     """FP32 vs INT8 (both in ONNX Runtime, full optimisation) on the eval split, and the INT8
     model's kernel fidelity there: each runtime's integer kernels (ONNX Runtime with full
     optimisation; OpenVINO when installed) against the float emulation of the same QDQ graph
-    (ONNX Runtime, optimisation disabled), as `kernel_fidelity` entries (edgeforge.bench.fidelity)."""
+    (ONNX Runtime, optimisation disabled), as `kernel_fidelity` entries (edgeforge.bench.fidelity).
+    A model quantized for 16-bit pair accumulation (`scheme.int8_accumulation`) on a CPU with
+    VNNI also gets an entry for OpenVINO's AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2, in a
+    subprocess): the arithmetic it was made for."""
     import os
 
     from edgeforge.bench import fidelity
@@ -122,11 +125,29 @@ def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev) -> 
                 entries.append({"runtime": "openvino", "version": ov_version,
                                 "kernels": "OpenVINO CPU plugin (oneDNN), f32 precision hint",
                                 **fidelity.compare(ov_out, emu)})
+            from edgeforge.runtimes import isa
+
+            if getattr(scheme, "int8_accumulation", None) == "int16-pairs" and isa._host_has_vnni() \
+                    and not os.environ.get("ONEDNN_MAX_CPU_ISA"):
+                pairs = {"runtime": "openvino", "version": ov_version, "isa": "avx2",
+                         "kernels": "OpenVINO CPU plugin, AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2, subprocess): "
+                                    "the u8 x s8 16-bit pair arithmetic this model is quantized for"}
+                try:
+                    pairs.update(fidelity.compare(isa.run(path, ev.x, "openvino", "avx2"), emu))
+                except Exception as e:  # e.g. an attention MatMul oneDNN cannot compile under the cap
+                    pairs["not_run"] = f"{type(e).__name__}: {e}"
+                entries.append(pairs)
     for e in entries:
         if "sqnr_db" in e:
             e["reference"] = fidelity.EMULATION
-            e["isa_cap"] = os.environ.get("ONEDNN_MAX_CPU_ISA") if e["runtime"] == "openvino" else None
-            if (w := fidelity.drift_warning(e["runtime"], e, cpu)):
+            e["isa_cap"] = ("AVX2" if e.pop("isa", None) == "avx2" else os.environ.get("ONEDNN_MAX_CPU_ISA")) \
+                if e["runtime"] == "openvino" else None
+            fix = None
+            if e["isa_cap"] == "AVX2" and not os.environ.get("ONEDNN_MAX_CPU_ISA"):
+                fix = ("the weights saturate OpenVINO's AVX2 kernels, which this model is quantized for: "
+                       + ("quantize without --overflow-fix none" if getattr(scheme, "overflow_fix", None) == "none"
+                          else "try --overflow-fix reduce-range (7-bit weights) and report the model"))
+            if (w := fidelity.drift_warning(e["runtime"], e, cpu, advice_text=fix)):
                 e["warning"] = w
     res["kernel_fidelity"] = entries
     return res
@@ -290,7 +311,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     report["timings_s"]["calib_data_s"] = round(t_data, 3)
     report["int8_kernels"] = int8_kernel_check(qmodel, scheme)
     ev = eval_split(calib, data.preprocess)
-    report["accuracy"] = evaluate(model, qmodel, ev)
+    report["accuracy"] = evaluate(model, qmodel, ev, scheme)
     if simulate and method != "ort":
         t1 = time.perf_counter()
         report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
