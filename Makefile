@@ -54,6 +54,10 @@ test: install plugins
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then \
 	  apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
 	  apt-get install -y -q chromium >/dev/null 2>&1) || echo "chromium not installed: the browser test will skip"; fi
+	@# qemu-user: ONNX Runtime's AVX2 int8 kernels on a VNNI CPU (edgeforge.runtimes.isa); best effort too.
+	@if [ "$$(id -u)" = 0 ] && ! command -v qemu-x86_64 >/dev/null 2>&1 && [ "$$(uname -m)" = x86_64 ]; then \
+	  apt-get install -y -q qemu-user >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	  apt-get install -y -q qemu-user >/dev/null 2>&1) || echo "qemu-user not installed: ORT AVX2-kernel tests will skip"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Also export the 40M+ parameter / 6+ GMAC recipe variants (minutes each on two cores).
