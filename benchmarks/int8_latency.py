@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeforge.artifacts import write_json_atomic  # noqa: E402
+from edgeforge.targets.host import cpu_record  # noqa: E402
 from settle import settle  # noqa: E402
 
 
@@ -128,17 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     quant_s = previous.get("quantize_seconds", {}) if args.reuse else {}
     # minmax for ONNX Runtime (cpu-ort placement) and for OpenVINO (standard ops only), and ORT's own
-    for method, target, step in (("minmax", "cpu-ort", "int8-minmax"), ("ort", "cpu-ort", "int8-ort"),
-                                 ("minmax", "cpu-openvino", "int8-minmax-cpu-openvino")):
+    # and minmax with saturation-safe weights for CPUs without VNNI (int16 pairs), which must not be
+    # slower than the plain 8-bit weights (they run the same kernels)
+    for method, target, acc, step in (
+            ("minmax", "cpu-ort", "int32", "int8-minmax-int32"), ("ort", "cpu-ort", None, "int8-ort"),
+            ("minmax", "cpu-openvino", "int32", "int8-minmax-cpu-openvino-int32"),
+            ("minmax", "cpu-ort", "int16-pairs", "int8-minmax-int16-pairs"),
+            ("minmax", "cpu-openvino", "int16-pairs", "int8-minmax-cpu-openvino-int16-pairs")):
         if args.reuse and (art / step / "model.onnx").is_file():
             continue
         t0 = time.perf_counter()
         r = quantize_artifact(art, calib="natural", method=method, target=target, num_samples=args.num_samples,
-                              analyze=False, simulate=False, force=True, console=console)
+                              analyze=False, simulate=False, force=True, console=console,
+                              int8_accumulation=acc)
         quant_s[step] = {"wall_s": round(time.perf_counter() - t0, 1), "steps_s": r.entry["timings_s"]}
         console.print(f"quantize {step}: {quant_s[step]['wall_s']}s")
-    paths = {"fp32": art / "fp32" / "model.onnx", "int8_edgeforge": art / "int8-minmax" / "model.onnx",
-             "int8_edgeforge_openvino_placement": art / "int8-minmax-cpu-openvino" / "model.onnx",
+    paths = {"fp32": art / "fp32" / "model.onnx", "int8_edgeforge": art / "int8-minmax-int32" / "model.onnx",
+             "int8_edgeforge_saturation_safe": art / "int8-minmax-int16-pairs" / "model.onnx",
+             "int8_edgeforge_openvino_placement": art / "int8-minmax-cpu-openvino-int32" / "model.onnx",
+             "int8_edgeforge_openvino_saturation_safe": art / "int8-minmax-cpu-openvino-int16-pairs" / "model.onnx",
              "int8_ort_quantize_static": art / "int8-ort" / "model.onnx"}
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     results = dict(previous.get("latency", {}))
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
            "method": f"alternating blocks: {args.blocks} blocks x {args.calls} calls, each after a "
                      "150 ms idle pause and 2 untimed calls; median per block, median over blocks; "
                      "ratio = median of per-block ratios",
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "machine": {"cpu": cpu_record(), "cores": os.cpu_count(),
                        "threads": args.threads or "runtime default",
                        "load_avg_at_end": os.getloadavg()},
            "versions": {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}}

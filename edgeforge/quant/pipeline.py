@@ -33,13 +33,16 @@ class QuantResult:
     skipped: bool = False
 
 
-def step_name(method: str, bits: str, target: str = "cpu-ort") -> str:
-    """int8-<method>[-<bits>][-<target>]: bits and target only when not the defaults (w8a8,
-    cpu-ort), since a target's constraints change the model (e.g. symmetric int8 for TensorRT)."""
+def step_name(method: str, bits: str, target: str = "cpu-ort", arithmetic: str = "") -> str:
+    """int8-<method>[-<bits>][-<target>][-<arithmetic>]: bits and target only when not the defaults
+    (w8a8, cpu-ort), since a target's constraints change the model (e.g. symmetric int8 for
+    TensorRT); `arithmetic` only when the user chose the int8 accumulation or overflow fix
+    (e.g. `int16-pairs` quantized on a VNNI server for an AVX2 box), so it does not overwrite the
+    model made for this host."""
     from edgeforge.quant.scheme import DEFAULT_TARGET
 
     return (f"int8-{method}" + ("" if bits == "w8a8" else f"-{bits}")
-            + ("" if target == DEFAULT_TARGET else f"-{target}"))
+            + ("" if target == DEFAULT_TARGET else f"-{target}") + (f"-{arithmetic}" if arithmetic else ""))
 
 
 def _input_spec(entry: dict):
@@ -262,7 +265,9 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     t0 = time.perf_counter()
     data = load_calib(calib, spec, num_samples)
     t_data = time.perf_counter() - t0
-    name = step_name(method, bits, scheme.target)
+    chosen = [v for v in ((int8_accumulation if int8_accumulation not in (None, "host") else None),
+                          (overflow_fix if overflow_fix != "auto" else None)) if v]
+    name = step_name(method, bits, scheme.target, "-".join(chosen))
     out_dir = art / name
     onnx_path, qjson = out_dir / "model.onnx", out_dir / "quant.json"
     # the reason names this CPU: the model depends only on the accumulation it led to
