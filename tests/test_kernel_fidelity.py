@@ -121,12 +121,16 @@ def test_bench_of_a_correct_int8_model(correct, run_cli):
     assert rep["kernel_fidelity"] is None and rep["accuracy"] is None and rep["cpu"]["model"]
 
 
-def _bench_capped(art: Path, *extra: str) -> subprocess.CompletedProcess:
+SATURATING = "int8-minmax-int32-none"  # the step folder of a user-chosen accumulation and fix
+PAIRS = "int8-minmax-int16-pairs"
+
+
+def _bench_capped(art: Path, precision: str, *extra: str) -> subprocess.CompletedProcess:
     """`edgeforge bench` on OpenVINO with oneDNN capped at AVX2, in its own process (the cap
     must be set before OpenVINO loads and must not leak into the other tests)."""
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
     return subprocess.run([sys.executable, "-m", "edgeforge.cli", "bench", str(art), "--target", "cpu-openvino",
-                           "--precision", "int8-minmax", *FAST, *extra],
+                           "--precision", precision, *FAST, *extra],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
@@ -134,13 +138,13 @@ def _bench_capped(art: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_saturating_kernels_warn_and_fail_the_drift_floor(saturating, run_cli):
     from edgeforge.targets.host import cpu_record
 
-    proc = _bench_capped(saturating, "--max-kernel-drift", "30")
+    proc = _bench_capped(saturating, SATURATING, "--max-kernel-drift", "30")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     err = " ".join(proc.stderr.split())
     assert "kernel drift" in err and "below --max-kernel-drift 30 dB" in err
     assert "--int8-accumulation int16-pairs" in err and cpu_record()["model"] in err
     # the report is written all the same, with the drift as a warning and the check failed
-    path = saturating / "reports" / "cpu-openvino-int8-minmax.json"
+    path = saturating / "reports" / f"cpu-openvino-{SATURATING}.json"
     rep = json.loads(path.read_text())
     kf = rep["kernel_fidelity"]
     assert kf["drift"] and kf["passed"] is False and kf["sqnr_db"] < 25 and kf["isa_cap"] == "AVX2"
@@ -157,10 +161,10 @@ def test_saturation_safe_weights_follow_the_graph_on_the_capped_path(exported):
 
     art = _quantized(exported, "pairs", "--int8-accumulation", "int16-pairs")
     if _host_has_vnni():  # quantize checks the AVX2 kernels the model is made for
-        q = json.loads((art / "int8-minmax" / "quant.json").read_text())
+        q = json.loads((art / PAIRS / "quant.json").read_text())
         avx2 = [e for e in q["accuracy"]["kernel_fidelity"] if e.get("isa_cap") == "AVX2"]
         assert len(avx2) == 1 and avx2[0]["sqnr_db"] > 30 and "warning" not in avx2[0], avx2
-    proc = _bench_capped(art, "--max-kernel-drift", "30")
+    proc = _bench_capped(art, PAIRS, "--max-kernel-drift", "30")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    kf = json.loads((art / "reports" / "cpu-openvino-int8-minmax.json").read_text())["kernel_fidelity"]
+    kf = json.loads((art / "reports" / f"cpu-openvino-{PAIRS}.json").read_text())["kernel_fidelity"]
     assert kf["sqnr_db"] > 30 and not kf["drift"] and kf["isa_cap"] == "AVX2"
