@@ -52,9 +52,12 @@ def ort_quantize(fp32_path: str | Path, x: np.ndarray, scheme: Scheme, calibrate
         from edgeforge.quant.placement import layer_matches
 
         nodes_to_exclude = [n.name for n in model.graph.node if any(layer_matches(n.name, p) for p in keep_fp)]
+    # ORT's own answer for CPUs whose int8 kernels saturate 16-bit pairs: 7-bit weights
+    reduce_range = scheme.overflow_fix != "none"
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "model.onnx"
         quantize_static(str(fp32_path), str(out), _Reader(input_name(model), x), quant_format=QuantFormat.QDQ,
+                        reduce_range=reduce_range,
                         per_channel=scheme.weight_per_channel, activation_type=act_type,
                         weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
                         nodes_to_exclude=nodes_to_exclude, extra_options=extra)
@@ -62,6 +65,7 @@ def ort_quantize(fp32_path: str | Path, x: np.ndarray, scheme: Scheme, calibrate
     settings = {"tool": "onnxruntime.quantization.quantize_static", "quant_format": "QDQ",
                 "per_channel": scheme.weight_per_channel, "activation_type": act_type.name,
                 "weight_type": "QInt8", "calibrate_method": calibrate_method, "extra_options": extra,
+                "reduce_range": reduce_range,
                 "nodes_to_exclude": nodes_to_exclude}
     return qmodel, settings
 

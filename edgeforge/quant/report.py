@@ -28,11 +28,24 @@ def print_quant_summary(result, console, top: int = 10) -> None:
               "torch_sim_ort_output_cosine", "torch_sim", "agreement_note"):
         if k in acc:
             t.add_row(k, _fmt(acc[k], 4))
+    for kf in acc.get("kernel_fidelity") or []:
+        label = f"kernels vs graph ({kf.get('runtime')}{', ' + kf['isa_cap'] if kf.get('isa_cap') else ''})"
+        t.add_row(label, f"not run: {kf['not_run'][:80]}" if "not_run" in kf else
+                  f"SQNR {_fmt(kf.get('sqnr_db'), 1)} dB, top-1 agreement {_fmt(kf.get('agreement'), 4)}")
+    chk = (r or {}).get("int8_kernels") or e.get("int8_kernels")
+    if chk:
+        t.add_row("int8 accumulation", f"{chk['accumulation']} (overflow fix: {chk['overflow_fix']}); "
+                  f"{chk['layers_that_can_saturate']}/{chk['layers_checked']} layers can saturate int16 pairs")
     cal = e.get("calibration", {})
     t.add_row("calibration", f"{cal.get('name')} x{cal.get('count')} ({str(cal.get('hash', ''))[:12]})")
     if e.get("timings_s"):
         t.add_row("time (s)", " ".join(f"{k.removesuffix('_s')}={v:.1f}" for k, v in e["timings_s"].items()))
     console.print(t)
+    warnings = [kf["warning"] for kf in acc.get("kernel_fidelity") or [] if kf.get("warning")]
+    if chk and chk.get("warning"):
+        warnings.append(chk["warning"])
+    for w in warnings:
+        console.print(f"[yellow]warning[/]: {w}")
     an = r.get("analysis") if r else None
     if an:
         by_name = {row["layer"]: row for row in an["layers"]}
