@@ -120,11 +120,10 @@ def source_state() -> dict:
 
     def git(*a):
         p = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
-        return p.stdout.strip() if p.returncode == 0 else None
+        return p.stdout if p.returncode == 0 else ""
 
-    dirty = git("status", "--porcelain", "--", "edgeforge")
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted": [ln[3:] for ln in (dirty or "").splitlines()]}
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "uncommitted": [ln[3:] for ln in git("status", "--porcelain", "--", "edgeforge").splitlines()]}
 
 
 def _ort_static(fp32: Path, x, reduce_range: bool, out: Path) -> dict:
@@ -380,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in REAL]
     if unknown:
         ap.error(f"--models: unknown {unknown}; accepted: {', '.join(REAL)}, all")
-    cpu = cpu_info()
+    cpu, source = cpu_info(), source_state()
     rows: list[dict] = []
     details: dict = {}
     run_fixtures = bool(args.names) or not models
@@ -394,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     if models:
         real_rows, details = run_real(models, args.num_samples, args.eval_count, Path(args.real_cache), console, cpu)
+        for d in details.values():  # rows of other models kept from an earlier run keep their own
+            d["source"] = source
         rows += real_rows
     out = Path(args.out)
     old = _read_old(out)
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         ("kind" not in r and ("*" in redone_fixtures or r["model"] in redone_fixtures)))]
     all_rows = kept + rows
     photo = {k: v for k, v in old.get("photo_eval", {}).items() if k not in details} | details
-    write_json_atomic(out, {"cpu": cpu, "source": source_state(), "rows": all_rows, "photo_eval": photo})
+    write_json_atomic(out, {"cpu": cpu, "source": source, "rows": all_rows, "photo_eval": photo})
     if any("kind" not in r for r in all_rows):
         console.print(table(all_rows))
     if any("kind" in r for r in all_rows):
