@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeforge.ops import OpInputError, build
+from edgeforge.ops import OpInputError, build, native
 from edgeforge.ops import implementations as impls
 
 TOL = 1e-5
@@ -127,7 +127,7 @@ def test_torch_api_rejects_bad_shapes():
         ops.gated_attention(k, q, q, causal=True)
 
 
-@pytest.mark.parametrize("impl", ["numpy", "cpu-core"])
+@pytest.mark.parametrize("impl", ["numpy", "cpu-core", *(f"cpu-core@{p}" for p in native.ISA_PATHS)])
 def test_non_finite_inputs_are_rejected(impl):
     _skip_unless(impl)
     q, k, v, bias, lf = _case(1, 1, 4, 4, 8, 8, bias_shape=(4, 4), log_f=True, seed=4)

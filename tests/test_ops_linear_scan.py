@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeforge.ops import OpInputError, build
+from edgeforge.ops import OpInputError, build, native
 from edgeforge.ops import implementations as impls
 
 TOL = 1e-5
@@ -109,7 +109,7 @@ def test_torch_api_rejects_bad_shapes():
         ops.linear_scan(a, a, torch.zeros(2, 4))
 
 
-@pytest.mark.parametrize("impl", ["numpy", "cpu-core"])
+@pytest.mark.parametrize("impl", ["numpy", "cpu-core", *(f"cpu-core@{p}" for p in native.ISA_PATHS)])
 def test_non_finite_inputs_are_rejected(impl):
     _skip_unless(impl)
     a, b, h0 = _case(1, 4, 3, seed=1)

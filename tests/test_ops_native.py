@@ -53,6 +53,68 @@ def test_cpu_core_under_address_sanitizer(report):
     assert " 0 failed" in proc.stdout
 
 
+# --------------------------------------------------------------------------- instruction-set paths
+_ISA_PROBE = ("import json; from edgeforge.ops import native; import numpy as np; "
+              "core = native.cpu_core(); q = np.ones((1, 1, 3, 4), np.float32); "
+              "o = core.gated_attention(q, q, q); print(json.dumps(native.isa_info()))")
+
+
+def _isa_in_subprocess(cap: str | None) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != native.MAX_ISA_ENV}
+    if cap is not None:
+        env[native.MAX_ISA_ENV] = cap
+    proc = subprocess.run([sys.executable, "-c", _ISA_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_library_picks_the_best_path_and_the_cap_holds(report):
+    if not report.parts["cpu"].built:
+        pytest.skip(report.parts["cpu"].reason)
+    best = _isa_in_subprocess(None)
+    assert best["path"] == best["runs"][0] and best["runs"][-1] in ("generic", "native")
+    assert "best path" in best["note"]
+    if build.native_build():
+        pytest.skip("EDGEFORGE_NATIVE build: one path")
+    assert best["built"][-1] == "generic"
+    for cap in ("avx2", "generic"):
+        if cap not in best["runs"]:
+            continue
+        got = _isa_in_subprocess(cap)
+        assert got["path"] == cap and f"{native.MAX_ISA_ENV}={cap}" in got["note"]
+    bogus = _isa_in_subprocess("sse9")
+    assert bogus["path"] == best["path"] and "ignored" in bogus["note"]
+
+
+def test_plugins_info_names_the_path_this_cpu_takes(report, run_cli):
+    if not report.parts["cpu"].built:
+        pytest.skip(report.parts["cpu"].reason)
+    code, out, _ = run_cli("plugins", "info")
+    assert code == 0
+    assert f"cpu kernel path: {native.isa_info()['path']}" in " ".join(out.split())
+
+
+def test_paths_use_only_their_own_instructions(report):
+    """A library built here must load and run on an older x86-64 CPU: the dispatcher and the
+    generic path hold no AVX (ymm) or AVX-512 (zmm) instruction, the AVX2 path no zmm."""
+    objdump = shutil.which("objdump")
+    if objdump is None or build.native_build():
+        pytest.skip("no objdump" if objdump is None else "EDGEFORGE_NATIVE build")
+    objs = Path(report.build_dir) / "CMakeFiles"
+    kernels = {d: list((objs / d).rglob("*.o")) for d in ("ef_kernels_generic.dir", "ef_kernels_avx2.dir")}
+    kernels["dispatcher"] = list((objs / "ef_cpu_core.dir").rglob("ef_cpu.cpp.o"))
+    if not all(kernels.values()):
+        pytest.skip("object files not found (not an x86-64 build?)")
+    banned = {"ef_kernels_generic.dir": ("ymm", "zmm"), "dispatcher": ("ymm", "zmm"), "ef_kernels_avx2.dir": ("zmm",)}
+    for key, files in kernels.items():
+        for f in files:
+            asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(f)], capture_output=True, text=True).stdout
+            for reg in banned[key]:
+                assert f"%{reg}" not in asm, f"{f.name} ({key}) uses {reg} registers"
+
+
 def test_loader_imports_without_torch():
     code = ("import sys; import edgeforge.ops, edgeforge.ops.native, edgeforge.ops.build, "
             "edgeforge.ops.tensorrt_check, edgeforge.ops.numpy_ref, edgeforge.ops.decompose; "

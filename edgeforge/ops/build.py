@@ -41,6 +41,12 @@ PARTS = {
 }
 
 
+def native_build() -> bool:
+    """EDGEFORGE_NATIVE=1 builds the CPU kernels for this machine only (-march=native; local tuning).
+    The default is the portable library: AVX-512, AVX2+FMA and generic paths, chosen at load time."""
+    return os.environ.get("EDGEFORGE_NATIVE", "") not in ("", "0")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEFORGE_CACHE", Path.home() / ".cache" / "edgeforge"))
 
@@ -211,7 +217,7 @@ def _build_locked(build_dir: Path, fetch: bool, parts: tuple[str, ...], say) -> 
     args = [cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
             f"-DEF_BUILD_ORT={'ON' if ort.path else 'OFF'}", f"-DORT_INCLUDE_DIR={ort.path or ''}",
             f"-DEF_BUILD_TRT={'ON' if trt.path and nvcc.path else 'OFF'}", f"-DTENSORRT_INCLUDE_DIR={trt.path or ''}",
-            "-DEF_BUILD_ASAN=ON"]
+            "-DEF_BUILD_ASAN=ON", f"-DEF_NATIVE={'ON' if native_build() else 'OFF'}"]
     if nvcc.path and trt.path:
         args += [f"-DCMAKE_CUDA_COMPILER={nvcc.path}", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHS}"]
     if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
@@ -258,4 +264,22 @@ def info(build_dir: Path | None = None) -> dict:
             part.update(built=True, path=str(path), bytes=path.stat().st_size)
         elif part.get("built"):
             part.update(built=False, path=None, reason=f"{path} is missing (rebuild with `edgeforge plugins build`)")
+    isa = cpu_isa_line()
+    if isa:
+        data.setdefault("deps", {})["cpu kernel path"] = isa
     return data
+
+
+def cpu_isa_line() -> str | None:
+    """Which instruction-set path the CPU kernels take on this CPU and why, in words (None if no
+    native library is built). Loads the built library (ctypes); torch-free."""
+    from edgeforge.ops import native
+
+    try:
+        isa = native.isa_info()
+    except OSError as e:  # a library for another machine (e.g. an EDGEFORGE_NATIVE build copied here)
+        return f"cannot load the CPU library: {e}"
+    if isa is None:
+        return None
+    return (f"{isa['path']} ({isa['note']}; this CPU runs {', '.join(isa['runs'])}; built: "
+            f"{', '.join(isa['built'])}; cap with {native.MAX_ISA_ENV}=avx2|generic)")

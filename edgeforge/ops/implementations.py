@@ -9,10 +9,15 @@ here and skip the others with the reason (`unavailable(name)`):
   cpu-core       the C++ math core through its C ABI (ctypes)
   ort-kernel     one edgeforge:: node on ONNX Runtime CPU through the custom-op library
   tensorrt       one edgeforge:: node through the TensorRT plugin (GPU)
+  cpu-core@<isa>, ort-kernel@<isa>
+                 the same on one instruction-set path of the portable library (avx512, avx2,
+                 generic; `native.isa_path`): every path this CPU can execute is checked, not only
+                 the one it picks
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 from pathlib import Path
@@ -22,12 +27,23 @@ import numpy as np
 
 from edgeforge.ops import decompose, native, numpy_ref
 
-SCAN_IMPLS = ("torch", "numpy", *(f"onnx-{f}" for f in decompose.SCAN_FORMS), "cpu-core", "ort-kernel", "tensorrt")
-ATTENTION_IMPLS = ("torch", "numpy", "onnx-decompose", "cpu-core", "ort-kernel", "tensorrt")
+NATIVE_ON_PATHS = tuple(f"{impl}@{isa}" for impl in ("cpu-core", "ort-kernel") for isa in native.ISA_PATHS)
+SCAN_IMPLS = ("torch", "numpy", *(f"onnx-{f}" for f in decompose.SCAN_FORMS), "cpu-core", "ort-kernel", "tensorrt",
+              *NATIVE_ON_PATHS)
+ATTENTION_IMPLS = ("torch", "numpy", "onnx-decompose", "cpu-core", "ort-kernel", "tensorrt", *NATIVE_ON_PATHS)
+
+
+def _on_path(name: str):
+    """(implementation, context) for a name with an optional @<isa> instruction-set path."""
+    impl, _, isa = name.partition("@")
+    return impl, (native.isa_path(isa) if isa else contextlib.nullcontext())
 
 
 def unavailable(name: str) -> str | None:
     """Why implementation `name` cannot run here, or None when it can."""
+    name, _, isa = name.partition("@")
+    if isa:
+        return unavailable(name) or native.isa_unavailable(isa)
     if name == "torch":
         try:
             import torch  # noqa: F401
@@ -85,6 +101,10 @@ def _run_tensorrt(model, feeds: dict) -> list[np.ndarray]:
 
 def linear_scan(name: str, a, b, h0=None, reverse: bool = False, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Run LinearScan with implementation `name` on float32 numpy arrays; returns (h, h_last)."""
+    if "@" in name:
+        impl, path = _on_path(name)
+        with path:
+            return linear_scan(impl, a, b, h0, reverse, threads)
     a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
     h0 = None if h0 is None else np.ascontiguousarray(h0, np.float32)
     if name == "torch":
@@ -110,6 +130,10 @@ def linear_scan(name: str, a, b, h0=None, reverse: bool = False, threads: int = 
 def gated_attention(name: str, q, k, v, bias=None, log_f=None, scale: float | None = None, causal: bool = False,
                     threads: int = 1) -> np.ndarray:
     """Run GatedAttention with implementation `name` on float32 numpy arrays."""
+    if "@" in name:
+        impl, path = _on_path(name)
+        with path:
+            return gated_attention(impl, q, k, v, bias, log_f, scale, causal, threads)
     q, k, v = (np.ascontiguousarray(x, np.float32) for x in (q, k, v))
     bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
     log_f = None if log_f is None else np.ascontiguousarray(log_f, np.float32)

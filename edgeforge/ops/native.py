@@ -5,6 +5,9 @@
 - `trt_plugin_library_path()`: the TensorRT plugin library (load it with
   `tensorrt.get_plugin_registry().load_library(path)` before parsing an ONNX with custom nodes).
 - `cpu_core()`: the CPU math cores through their C ABI (ctypes), numpy in and out.
+- `isa_info()` / `isa_path(name)`: which instruction-set path the kernels take on this CPU
+  (avx512, avx2, generic; chosen when the library loads, capped by EDGEFORGE_MAX_ISA) and a
+  context manager that switches both native libraries to another path (tests run every path).
 
 Libraries are looked up in `$EDGEFORGE_PLUGIN_DIR`, then in the repository's plugins/build (where
 `edgeforge plugins build` puts them).
@@ -12,6 +15,7 @@ Libraries are looked up in `$EDGEFORGE_PLUGIN_DIR`, then in the repository's plu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -25,6 +29,9 @@ from edgeforge.ops.checks import OpInputError, check_gated_attention, check_line
 ORT_LIBRARY = "libedgeforge_ort.so"
 TRT_LIBRARY = "libedgeforge_trt.so"
 CPU_LIBRARY = "libedgeforge_ops_cpu.so"
+# The portable library's instruction-set paths, best first ("native" only in an EDGEFORGE_NATIVE build).
+ISA_PATHS = ("avx512", "avx2", "generic")
+MAX_ISA_ENV = "EDGEFORGE_MAX_ISA"
 _REPO_BUILD = Path(__file__).resolve().parents[2] / "plugins" / "build"
 
 
@@ -144,3 +151,76 @@ def cpu_core() -> CpuCore | None:
     """The CPU math core library, or None if it is not built."""
     path = _find(CPU_LIBRARY)
     return None if path is None else _load_cpu_core(str(path))
+
+
+# --------------------------------------------------------------------------- instruction-set paths
+@functools.lru_cache(maxsize=None)
+def _isa_lib(path: str) -> ctypes.CDLL | None:
+    """A native library's path-selection ABI (ef_cpu_isa*), or None for a library built without it.
+
+    ctypes opens the same file ONNX Runtime does (dlopen hands back the one loaded copy), so a
+    switch made here holds for the kernels of every session in this process."""
+    lib = ctypes.CDLL(path)
+    try:
+        for name in ("ef_cpu_isa", "ef_cpu_isa_paths", "ef_cpu_isa_built", "ef_cpu_isa_note"):
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.ef_cpu_set_isa.restype = ctypes.c_int32
+        lib.ef_cpu_set_isa.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64]
+    except AttributeError:
+        return None
+    return lib
+
+
+def _isa_libs() -> dict[str, ctypes.CDLL]:
+    libs = {}
+    for which, name in (("cpu", CPU_LIBRARY), ("ort", ORT_LIBRARY)):
+        path = _find(name)
+        lib = None if path is None else _isa_lib(str(path))
+        if lib is not None:
+            libs[which] = lib
+    return libs
+
+
+def isa_info() -> dict | None:
+    """The CPU kernels' instruction-set path here: {"path", "runs" (the built paths this CPU can
+    run, best first), "built", "note" (how it was chosen)}, from the CPU core library (or the ONNX
+    Runtime kernel library); None if neither is built."""
+    libs = _isa_libs()
+    lib = libs.get("cpu") or libs.get("ort")
+    if lib is None:
+        return None
+    split = (lambda b: [p for p in b.decode().split(",") if p])
+    return {"path": lib.ef_cpu_isa().decode(), "runs": split(lib.ef_cpu_isa_paths()),
+            "built": split(lib.ef_cpu_isa_built()), "note": lib.ef_cpu_isa_note().decode()}
+
+
+def isa_unavailable(path: str) -> str | None:
+    """Why the kernels cannot take instruction-set path `path` here (not built, CPU lacks it), or None."""
+    info = isa_info()
+    if info is None:
+        return "no native library is built (edgeforge plugins build)"
+    if path not in info["built"]:
+        return f"the {path} path is not in this build (built: {', '.join(info['built'])})"
+    if path not in info["runs"]:
+        return f"this CPU cannot run the {path} path (it runs: {', '.join(info['runs'])})"
+    return None
+
+
+@contextlib.contextmanager
+def isa_path(path: str):
+    """Run the native kernels (CPU core and ONNX Runtime kernels) on instruction-set path `path`
+    inside the block; the previous path comes back afterwards. Raises OpInputError if it cannot."""
+    why = isa_unavailable(path)
+    if why:
+        raise OpInputError(why)
+    libs = _isa_libs()
+    before = {which: lib.ef_cpu_isa() for which, lib in libs.items()}
+    try:
+        for lib in libs.values():
+            err = ctypes.create_string_buffer(256)
+            if lib.ef_cpu_set_isa(path.encode(), err, len(err)) != 0:
+                raise OpInputError(err.value.decode(errors="replace"))
+        yield
+    finally:
+        for which, lib in libs.items():
+            lib.ef_cpu_set_isa(before[which], None, 0)

@@ -18,10 +18,26 @@
 #define EF_RESTRICT
 #endif
 
+// Every inline function and type below lives in a namespace named after the instruction set the
+// translation unit is compiled for (EF_ISA_NS): the CPU library compiles its kernels once per
+// path (AVX-512, AVX2+FMA, generic) with per-file target flags and picks one at load time
+// (ef_cpu.cpp), so the same inline helper exists in several machine-code versions. In one
+// namespace the linker would keep any one of them for every caller (an AVX-512 copy called from
+// the generic path: an illegal instruction on an AVX2 CPU); distinct namespaces keep them apart.
+#ifndef EF_ISA_NS
+#if defined(__CUDACC__)
+#define EF_ISA_NS isa_cuda
+#else
+#define EF_ISA_NS isa_base  // glue code (C ABI, ORT/TensorRT hosts) built with the default flags
+#endif
+#endif
+
 namespace ef {
 
 // Status codes shared by the C ABI, the ORT kernels and the TensorRT plugins.
 enum Status : int32_t { kOk = 0, kBadShape = 1, kNonFinite = 2, kBadArgument = 3 };
+
+inline namespace EF_ISA_NS {
 
 EF_HD float to_float(float x) { return x; }
 EF_HD void from_float(float x, float* out) { *out = x; }
@@ -208,4 +224,5 @@ inline bool broadcast_strides(const int64_t shape[4], const int64_t full[4], int
     return true;
 }
 
+}  // namespace EF_ISA_NS
 }  // namespace ef

@@ -8,6 +8,7 @@
 #include "ef_core.h"
 
 namespace ef {
+inline namespace EF_ISA_NS {
 
 struct GatedAttentionShape {
     int64_t B, H, N, M, D, Dv;
@@ -170,4 +171,5 @@ EF_HD void ga_finish(const float* EF_RESTRICT acc, float l, int64_t Dv, OT* EF_R
     for (int64_t e = 0; e < Dv; ++e) from_float(l > 0.0f ? acc[e] * inv : __builtin_nanf(""), &o[e]);
 }
 
+}  // namespace EF_ISA_NS
 }  // namespace ef

@@ -11,6 +11,7 @@
 #include "gated_attention_core.h"
 
 namespace ef {
+namespace EF_ISA_NS {  // one copy per instruction-set path (ef_cpu.h)
 
 namespace {
 
@@ -392,4 +393,5 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
     return {};
 }
 
+}  // namespace EF_ISA_NS
 }  // namespace ef

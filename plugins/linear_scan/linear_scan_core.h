@@ -5,6 +5,7 @@
 #include "ef_core.h"
 
 namespace ef {
+inline namespace EF_ISA_NS {
 
 struct LinearScanShape {
     int64_t B, T, C;
@@ -37,4 +38,5 @@ EF_HD void linear_scan_lanes(const T* EF_RESTRICT a, const T* EF_RESTRICT b, con
     }
 }
 
+}  // namespace EF_ISA_NS
 }  // namespace ef

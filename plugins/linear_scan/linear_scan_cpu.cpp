@@ -5,6 +5,7 @@
 #include "linear_scan_core.h"
 
 namespace ef {
+namespace EF_ISA_NS {  // one copy per instruction-set path (ef_cpu.h)
 
 Error linear_scan_cpu(const LinearScanArgs& x, const ParallelFor& pf) {
     if (x.B < 1 || x.T < 1 || x.C < 1) {
@@ -35,4 +36,5 @@ Error linear_scan_cpu(const LinearScanArgs& x, const ParallelFor& pf) {
     return {};
 }
 
+}  // namespace EF_ISA_NS
 }  // namespace ef

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <sstream>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -15,6 +17,9 @@ int32_t ef_linear_scan_f32(const float*, const float*, const float*, float*, flo
 int32_t ef_gated_attention_f32(const float*, const float*, const float*, const float*, const int64_t*, const float*,
                                float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t, char*,
                                int64_t);
+const char* ef_cpu_isa();
+const char* ef_cpu_isa_paths();
+int32_t ef_cpu_set_isa(const char*, char*, int64_t);
 }
 
 namespace {
@@ -140,9 +145,7 @@ void bad_inputs() {
            "attention rejects inf in q");
 }
 
-}  // namespace
-
-int main() {
+void all_cases() {
     for (int64_t T : {1, 2, 7, 64, 129})
         for (int64_t C : {1, 3, 255, 257, 768})
             for (int rev = 0; rev < 2; ++rev) scan_case(2, T, C, rev, (T + C + rev) % 2);
@@ -152,13 +155,42 @@ int main() {
     attention_case(1, 2, 70, 70, 16, 8, 3, true, false);
     attention_case(2, 1, 65, 65, 7, 5, 0, true, true);
     attention_case(1, 1, 130, 131, 4, 4, 1, false, true);
-    // Ragged row blocks and key tiles (zero-padded 16-key tail tiles over the packed key panels),
-    // and rows wider than one 1024-key tile.
+    // Ragged row blocks and key tiles (zero-padded tail tiles over the packed key panels), and
+    // rows wider than one 1024-key tile.
     attention_case(1, 2, 41, 47, 24, 40, 1, false, false);
     attention_case(1, 1, 19, 51, 5, 33, 0, false, false);
     attention_case(1, 1, 37, 1100, 8, 8, 2, false, true);
     attention_case(1, 1, 9, 1027, 8, 8, 1, false, false);
+    // Every register-tile remainder of the AVX2 (6-row) and AVX-512 (8-row) tilings, and head
+    // sizes around the 8- and 16-column vectors.
+    for (int64_t N : {2, 3, 5, 6, 7, 11, 13, 17, 31, 49})
+        attention_case(1, 1, N, N, 32, 32, N % 2 ? 1 : 0, N % 3 == 0, false);
+    for (int64_t Dv : {8, 15, 24, 48, 64}) attention_case(1, 1, 23, 29, Dv, Dv, 2, false, false);
     bad_inputs();
+}
+
+}  // namespace
+
+// Runs every case on every instruction-set path this CPU can execute (or on the paths named on
+// the command line).
+int main(int argc, char** argv) {
+    std::vector<std::string> paths;
+    for (int i = 1; i < argc; ++i) paths.push_back(argv[i]);
+    if (paths.empty()) {
+        std::stringstream list(ef_cpu_isa_paths());
+        for (std::string p; std::getline(list, p, ',');) paths.push_back(p);
+    }
+    for (const std::string& p : paths) {
+        char err[256];
+        if (ef_cpu_set_isa(p.c_str(), err, sizeof err) != 0) {
+            std::printf("FAIL: path %s: %s\n", p.c_str(), err);
+            ++failed;
+            continue;
+        }
+        const int before = failed;
+        all_cases();
+        std::printf("path %s: %s\n", ef_cpu_isa(), failed == before ? "ok" : "FAILED");
+    }
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }
