@@ -202,7 +202,32 @@ def baseline_models(art: Path, data, console: Console) -> dict[str, dict]:
     return out
 
 
-def evaluate_int8(path: Path, x, ref, kind: str) -> dict:
+def cached_run(store: Path, path: Path, x, eval_key: str, runtime: str = "onnxruntime", **opts):
+    """photo_eval.run, its outputs kept in `store` (benchmarks/.cache/outputs) under the hash of (model
+    file, crops, runtime and its version, options): a rerun after a quantizer change evaluates
+    only the models whose file changed (the baselines' do not). Returns (outputs, cached)."""
+    import importlib.metadata as md
+
+    import numpy as np
+
+    from edgeforge.artifacts import sha256_file, sha256_json
+    from edgeforge.bench import photo_eval as pe
+
+    pkg = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(runtime, runtime)
+    key = sha256_json({"model": sha256_file(path), "crops": eval_key, "runtime": runtime,
+                       "version": md.version(pkg), "options": opts})
+    f = store / f"{key[:32]}.npy"
+    if f.is_file():
+        return np.load(f), True
+    out = pe.run(path, x, runtime, **opts)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(f)
+    return out, False
+
+
+def evaluate_int8(store: Path, path: Path, x, ref, kind: str, eval_key: str) -> dict:
     """The INT8 model on the eval crops: ORT integer kernels, ORT float emulation, OpenVINO,
     each against FP32 (`ref`), and the kernels against the emulation."""
     from edgeforge.bench import photo_eval as pe
@@ -213,11 +238,12 @@ def evaluate_int8(path: Path, x, ref, kind: str) -> dict:
                                ("openvino", "openvino", {})):
         t0 = time.perf_counter()
         try:
-            outs[col] = pe.run(path, x, runtime, **opts)
+            outs[col], cached = cached_run(store, path, x, eval_key, runtime, **opts)
         except Exception as e:  # noqa: BLE001 - e.g. OpenVINO missing: say so in the row
             res[col] = {"error": f"{type(e).__name__}: {e}"[:300]}
             continue
-        res[col] = pe.agreement(ref, outs[col], kind) | {"seconds": round(time.perf_counter() - t0, 1)}
+        res[col] = pe.agreement(ref, outs[col], kind) | (
+            {"cached": True} if cached else {"seconds": round(time.perf_counter() - t0, 1)})
     for col in ("ort", "openvino"):
         if col in outs and "emulation" in outs:
             res[f"{col}_vs_emulation"] = pe.agreement(outs["emulation"], outs[col], kind)
@@ -245,8 +271,9 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
                       f"in {time.perf_counter() - t0:.0f}s; weights {exp.entry['weights'].get('package')}")
         pre = Preprocess.from_input_spec(recipe.spec.input)
         x, ids = pe.crops(pre, eval_count, EVAL_SEED)
+        eval_key = f"natural seed {EVAL_SEED} x{eval_count} {pre.describe()}"
         fp32 = art / "fp32" / "model.onnx"
-        ref = pe.run(fp32, x, "onnxruntime")
+        ref, _ = cached_run(cache / "outputs", fp32, x, eval_key)
         models_to_eval: dict[str, tuple[Path | None, dict]] = {}
         for method in OURS:
             t0 = time.perf_counter()
@@ -261,7 +288,7 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
         per_model_outputs = {}
         fp32_ov = None
         try:
-            fp32_ov = pe.agreement(ref, pe.run(fp32, x, "openvino"), kind)
+            fp32_ov = pe.agreement(ref, cached_run(cache / "outputs", fp32, x, eval_key, "openvino")[0], kind)
         except Exception as e:  # noqa: BLE001
             fp32_ov = {"error": f"{type(e).__name__}: {e}"[:300]}
         for method, (path, meta) in models_to_eval.items():
@@ -276,7 +303,7 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
                 console.print(f"  {method}: not measured ({row['error']})")
                 continue
             t0 = time.perf_counter()
-            res = evaluate_int8(path, x, ref, kind)
+            res = evaluate_int8(cache / "outputs", path, x, ref, kind, eval_key)
             per_model_outputs[method] = res.pop("_outputs")
             row |= res
             rows.append(row)
