@@ -5,6 +5,11 @@ Torch-free: the agent and the runtimes read manifests on devices that have no to
 Every write is atomic (temp file in the same directory + rename), so a failed step leaves the
 previous state intact. `manifest.json` records, per step, the command, the inputs' hash (a step
 whose inputs have not changed is skipped) and every file it produced with its sha256.
+
+Several steps may run on one artifact at once (two `edgeforge quantize` methods, the cells of an
+`edgeforge build`): a step's record is a read-modify-write of manifest.json under an exclusive
+lock on `.manifest.lock` beside it, re-reading the file inside the lock, so no step loses
+another's record.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
+LOCK = ".manifest.lock"
 MANIFEST_SCHEMA_VERSION = 1
 
 
@@ -74,22 +80,86 @@ _REDO = {"export": "export (or import) the model again with --force",
          "int8": "quantize again with --force", "compile": "compile again with --force"}
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout_s: float = 600.0) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if absent) between processes and threads.
+
+    POSIX `flock` (Linux, macOS; on a local file system); on Windows `msvcrt.locking`. Waits up to
+    `timeout_s`, then raises TimeoutError naming the lock file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout_s
+        try:
+            import fcntl
+
+            def try_lock() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    return False
+
+            def unlock() -> None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except ImportError:  # Windows
+            import msvcrt
+
+            def try_lock() -> bool:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                    return True
+                except OSError:
+                    return False
+
+            def unlock() -> None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        while not try_lock():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path}: still locked by another edgeforge step after {timeout_s:.0f} s")
+            time.sleep(0.02)
+        try:
+            yield
+        finally:
+            unlock()
+    finally:
+        os.close(fd)
+
+
 class Manifest:
-    """`<artifact>/manifest.json`: one entry per step (export, int8-<method>, <target>, ...)."""
+    """`<artifact>/manifest.json`: one entry per step (export, int8-<method>, <target>, ...).
+
+    The object holds the manifest as read; `record` and `save` merge into what is on disk at the
+    time (under the artifact's lock), so concurrent steps keep each other's records.
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.path = self.root / MANIFEST
+        self.lock_path = self.root / LOCK
+        self.data = self._read()
+        self._changed_keys: set[str] = set()  # top-level keys set() by this object
+        self._changed_steps: set[str] = set()  # steps recorded by this object
+
+    def _read(self) -> dict:
         if self.path.exists():
             try:
-                self.data = json.loads(self.path.read_text())
+                data = json.loads(self.path.read_text())
             except json.JSONDecodeError as e:
                 from edgeforge.errors import BadInput
 
                 raise BadInput(f"{self.path}: not valid JSON ({e}); remove it or export again") from e
         else:
-            self.data = {"schema_version": MANIFEST_SCHEMA_VERSION, "steps": {}}
-        self.data.setdefault("steps", {})
+            data = {"schema_version": MANIFEST_SCHEMA_VERSION, "steps": {}}
+        data.setdefault("steps", {})
+        return data
+
+    def reload(self) -> None:
+        """Read the manifest again (steps other processes recorded since)."""
+        self.data = self._read()
 
     @property
     def steps(self) -> dict[str, dict]:
@@ -150,11 +220,23 @@ class Manifest:
         }
         entry.setdefault("finished_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.steps[name] = entry
+        self._changed_steps.add(name)
         self.save()
         return entry
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
+        self._changed_keys.add(key)
 
     def save(self) -> None:
-        write_json_atomic(self.path, self.data)
+        """Write this object's recorded steps and set keys into the manifest on disk, under the
+        artifact's lock: re-read, merge, write atomically. Steps others recorded are kept."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_path):
+            disk = self._read()
+            for key in self._changed_keys:
+                disk[key] = self.data[key]
+            for name in self._changed_steps:
+                disk["steps"][name] = self.data["steps"][name]
+            write_json_atomic(self.path, disk)
+            self.data = disk
