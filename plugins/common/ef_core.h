@@ -147,6 +147,47 @@ inline float f16_reduce_add(F16 a) {
 }
 #endif
 
+// Register-tile vector types for the core's tile templates (ga_logits_tile, ga_accumulate_tile):
+// VecOps<V>::W lanes and the few operations a tile needs. F16 everywhere; F8 (one AVX2 register
+// of 8 floats, two NEON registers) in host builds, for paths whose registers are 8 floats wide:
+// AVX2 has 16 of them, so its tiles are 6 rows x 2 vectors (12 accumulators, 2 loads, 1
+// broadcast), where 16-float tiles would need pairs of registers and spill.
+template <typename V>
+struct VecOps;
+template <>
+struct VecOps<F16> {
+    static constexpr int W = 16;
+    EF_HD static F16 zero() { return f16_zero(); }
+    template <typename T>
+    EF_HD static F16 load(const T* p) { return f16_load(p); }
+    EF_HD static void store(float* p, const F16& x, float scale = 1.0f) { f16_store(p, x, scale); }
+    EF_HD static void fma(F16& acc, float a, const F16& b) { f16_fma(acc, a, b); }
+    EF_HD static F16 add(const F16& a, const F16& b) { return f16_add(a, b); }
+    EF_HD static F16 mul(const F16& a, const F16& b) { return f16_mul(a, b); }
+    EF_HD static F16 splat(float a) { return f16_splat(a); }
+};
+#if !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
+typedef float F8 __attribute__((vector_size(32)));
+template <>
+struct VecOps<F8> {
+    static constexpr int W = 8;
+    static F8 zero() { return F8{}; }
+    static F8 load(const float* p) {
+        F8 r;
+        std::memcpy(&r, p, sizeof r);
+        return r;
+    }
+    static void store(float* p, const F8& x, float scale = 1.0f) {
+        const F8 y = x * scale;
+        std::memcpy(p, &y, sizeof y);
+    }
+    static void fma(F8& acc, float a, const F8& b) { acc += a * b; }
+    static F8 add(const F8& a, const F8& b) { return a + b; }
+    static F8 mul(const F8& a, const F8& b) { return a * b; }
+    static F8 splat(float a) { return F8{} + a; }
+};
+#endif
+
 EF_HD float ef_fmax(float a, float b) { return a > b ? a : b; }
 EF_HD float ef_fmin(float a, float b) { return a < b ? a : b; }
 

@@ -24,39 +24,40 @@ EF_HD int64_t ga_key_limit(const GatedAttentionShape& s, int64_t i) {
     return s.causal ? i + (s.M - s.N) + 1 : s.M;
 }
 
-// Logits of R query rows against 16 * NC keys stored transposed (kt[d * kt_stride + j]):
-// s[r * s_stride + j] = scale * q_r . k_j, accumulated in R * NC F16 register tiles (enough
-// independent accumulators to keep the FMA units busy). The CPU build runs up to 8 rows against
-// 32 keys per call with AVX-512 (4 x 16 with AVX2), reading keys from 32-key packed panels
-// (kt_stride = 32); a CUDA thread runs its single row (R = 1).
-// With `bias` (rows of bias_stride, unit stride over keys, every one of the 16 * NC keys real),
+// Logits of R query rows against W * NC keys stored transposed (kt[d * kt_stride + j]), W the
+// lanes of the register vector V (VecOps): s[r * s_stride + j] = scale * q_r . k_j, accumulated
+// in R * NC register vectors (enough independent accumulators to keep the FMA units busy). The
+// CPU build runs 8 rows x 2 16-float vectors with AVX-512, 6 rows x 2 8-float vectors with AVX2,
+// reading keys from 16- or 32-key packed panels; a CUDA thread runs its single row (R = 1).
+// With `bias` (rows of bias_stride, unit stride over keys, every one of the W * NC keys real),
 // the tile stores scale * q.k + bias: the bias is added in the registers instead of in another
 // pass over the logits.
-template <int R, int NC, typename QT, typename KT>
+template <int R, int NC, typename V = F16, typename QT, typename KT>
 EF_HD void ga_logits_tile(const QT* EF_RESTRICT q, int64_t q_stride, const KT* EF_RESTRICT kt, int64_t kt_stride,
                           int64_t D, float scale, float* EF_RESTRICT s, int64_t s_stride,
                           const float* EF_RESTRICT bias = nullptr, int64_t bias_stride = 0) {
-    F16 acc[R][NC];
+    using O = VecOps<V>;
+    constexpr int W = O::W;
+    V acc[R][NC];
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < NC; ++c) acc[r][c] = f16_zero();
+        for (int c = 0; c < NC; ++c) acc[r][c] = O::zero();
     for (int64_t d = 0; d < D; ++d) {
-        F16 kv[NC];
-        for (int c = 0; c < NC; ++c) kv[c] = f16_load(kt + d * kt_stride + 16 * c);
+        V kv[NC];
+        for (int c = 0; c < NC; ++c) kv[c] = O::load(kt + d * kt_stride + W * c);
         for (int r = 0; r < R; ++r) {
             const float qd = to_float(q[r * q_stride + d]);
-            for (int c = 0; c < NC; ++c) f16_fma(acc[r][c], qd, kv[c]);
+            for (int c = 0; c < NC; ++c) O::fma(acc[r][c], qd, kv[c]);
         }
     }
     if (bias != nullptr) {
-        const F16 sc = f16_splat(scale);
+        const V sc = O::splat(scale);
         for (int r = 0; r < R; ++r)
             for (int c = 0; c < NC; ++c)
-                f16_store(s + r * s_stride + 16 * c,
-                          f16_add(f16_mul(acc[r][c], sc), f16_load(bias + r * bias_stride + 16 * c)));
+                O::store(s + r * s_stride + W * c, O::add(O::mul(acc[r][c], sc), O::load(bias + r * bias_stride + W * c)));
         return;
     }
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < NC; ++c) f16_store(s + r * s_stride + 16 * c, acc[r][c], scale);
+        for (int c = 0; c < NC; ++c) O::store(s + r * s_stride + W * c, acc[r][c], scale);
 }
 
 // Adds the additive bias, the forget-gate decay c_i - c_j, and the causal mask to the logits of
@@ -131,29 +132,31 @@ EF_HD void ga_softmax_step(float* EF_RESTRICT s, int64_t kb, float& m, float& l,
     ga_softmax_step_max(s, kb, ga_tile_max(s, kb), m, l, acc, Dv);
 }
 
-// acc[r][e] += sum_j p[r][j] * v[j][e] for R rows over kb keys, columns in blocks of 16 * NC
-// held in F16 register tiles; columns left over go 16, then 1 at a time.
-template <int R, int NC, typename VT>
+// acc[r][e] += sum_j p[r][j] * v[j][e] for R rows over kb keys, columns in blocks of W * NC
+// held in register vectors V (VecOps); columns left over go W, then 1 at a time.
+template <int R, int NC, typename V = F16, typename VT>
 EF_HD void ga_accumulate_tile(const float* EF_RESTRICT p, int64_t p_stride, int64_t kb, const VT* EF_RESTRICT v,
                               int64_t v_stride, int64_t Dv, float* EF_RESTRICT acc, int64_t acc_stride) {
+    using O = VecOps<V>;
+    constexpr int W = O::W;
     int64_t e0 = 0;
-    for (; e0 + 16 * NC <= Dv; e0 += 16 * NC) {
-        F16 a[R][NC];
+    for (; e0 + W * NC <= Dv; e0 += W * NC) {
+        V a[R][NC];
         for (int r = 0; r < R; ++r)
-            for (int c = 0; c < NC; ++c) a[r][c] = f16_load(acc + r * acc_stride + e0 + 16 * c);
+            for (int c = 0; c < NC; ++c) a[r][c] = O::load(acc + r * acc_stride + e0 + W * c);
         for (int64_t j = 0; j < kb; ++j) {
-            F16 vv[NC];
-            for (int c = 0; c < NC; ++c) vv[c] = f16_load(v + j * v_stride + e0 + 16 * c);
+            V vv[NC];
+            for (int c = 0; c < NC; ++c) vv[c] = O::load(v + j * v_stride + e0 + W * c);
             for (int r = 0; r < R; ++r) {
                 const float pr = p[r * p_stride + j];
-                for (int c = 0; c < NC; ++c) f16_fma(a[r][c], pr, vv[c]);
+                for (int c = 0; c < NC; ++c) O::fma(a[r][c], pr, vv[c]);
             }
         }
         for (int r = 0; r < R; ++r)
-            for (int c = 0; c < NC; ++c) f16_store(acc + r * acc_stride + e0 + 16 * c, a[r][c]);
+            for (int c = 0; c < NC; ++c) O::store(acc + r * acc_stride + e0 + W * c, a[r][c]);
     }
     if (NC > 1) {
-        ga_accumulate_tile<R, 1>(p, p_stride, kb, v + e0, v_stride, Dv - e0, acc + e0, acc_stride);
+        ga_accumulate_tile<R, 1, V>(p, p_stride, kb, v + e0, v_stride, Dv - e0, acc + e0, acc_stride);
         return;
     }
     for (; e0 < Dv; ++e0)

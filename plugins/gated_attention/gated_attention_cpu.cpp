@@ -1,6 +1,7 @@
 // GatedAttention on the CPU: validation, per-head scratch (K packed in key panels, cumulative
 // forget gates) and threading over (batch, head, block of query rows) around the shared math core.
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -20,20 +21,30 @@ constexpr int64_t kRows = 32;   // query rows per work item
 // softmax is exact in one pass (no rescaling) and each bias row is read as one contiguous run
 // (32 rows x 1024 keys of scratch = 128 KiB, inside L2).
 constexpr int64_t kMaxKeys = 1024;
-// Register tiles: R rows x NC 16-float vectors of accumulators. FMA latency (4 cycles) times two
-// FMA pipes needs >= 8 independent accumulators to keep the pipes full. AVX-512 has 32 vector
-// registers, room for 8 x 2 tiles (16 accumulators); AVX2 holds a 16-float vector in two of its
-// 16 registers, so it stays at 4 x 1 (logits) and 8 x 1 (accumulate).
+// Register tiles: R rows x NC vectors of accumulators. FMA latency (4 cycles) times two FMA
+// pipes needs >= 8 independent accumulators to keep the pipes full. AVX-512 has 32 registers of
+// 16 floats: 8 rows x 2 vectors (16 accumulators). AVX2 has 16 registers of 8 floats: 6 rows x 2
+// vectors of 8 (12 accumulators + 2 key/value loads + 1 broadcast = 15 registers; the classic
+// 6 x 16 SGEMM micro-tile), both for the logits and for the accumulation. Generic (SSE2, NEON):
+// 4 rows x 2 vectors of 8.
 #if defined(__AVX512F__)
+using Vt = F16;
 constexpr int kGroup = 8;       // rows per logits register tile
 constexpr int kAccGroup = 8;    // rows per accumulate register tile (a multiple of kGroup)
-constexpr int kChunks = 2;      // 16-key (and 16-column) register tiles per logits/accumulate call
+constexpr int kChunks = 2;      // vectors of keys (and of value columns) per logits/accumulate tile
+#elif defined(__AVX2__)
+using Vt = F8;
+constexpr int kGroup = 6;
+constexpr int kAccGroup = 6;
+constexpr int kChunks = 2;
 #else
+using Vt = F8;
 constexpr int kGroup = 4;
-constexpr int kAccGroup = 8;
-constexpr int kChunks = 1;
+constexpr int kAccGroup = 4;
+constexpr int kChunks = 2;
 #endif
-constexpr int64_t kChunk = 16 * kChunks;
+constexpr int64_t kW = VecOps<Vt>::W;
+constexpr int64_t kChunk = kW * kChunks;  // keys per packed panel and per whole logits tile
 
 // Register tiles of exactly `rows` rows (1 .. R): the last rows of a block get a smaller tile
 // instead of padding rows that would be computed and thrown away.
@@ -42,64 +53,140 @@ void logits_rows(int64_t rows, const float* q, int64_t D, const float* kt, int64
                  int64_t s_stride, const float* bias = nullptr, int64_t bias_stride = 0) {
     if constexpr (R > 1)
         if (rows < R) return logits_rows<NC, R - 1>(rows, q, D, kt, kt_stride, scale, s, s_stride, bias, bias_stride);
-    ga_logits_tile<R, NC>(q, D, kt, kt_stride, D, scale, s, s_stride, bias, bias_stride);
+    ga_logits_tile<R, NC, Vt>(q, D, kt, kt_stride, D, scale, s, s_stride, bias, bias_stride);
 }
 
 template <int R = kAccGroup>
 void accumulate_rows(int64_t rows, const float* p, int64_t p_stride, int64_t kb, const float* v, int64_t Dv, float* acc) {
     if constexpr (R > 1)
         if (rows < R) return accumulate_rows<R - 1>(rows, p, p_stride, kb, v, Dv, acc);
-    ga_accumulate_tile<R, kChunks>(p, p_stride, kb, v, Dv, Dv, acc, Dv);
+    ga_accumulate_tile<R, kChunks, Vt>(p, p_stride, kb, v, Dv, Dv, acc, Dv);
 }
 
-// The softmax of a row of logits, on whole vectors: a scratch row is writable up to the next
-// multiple of 16 keys, so its last partial vector is computed whole with the lanes past n masked
-// out of the maximum, the check and the sum (a scalar tail loop cost 6% of a call at N = 196).
+// The softmax passes over a row of logits, on register vectors of the path's width (Vt, kW
+// lanes): 16-float vector code compiled for AVX2 fell back to lane-by-lane compares, selects and
+// stack spills (it was half of a call), so each path runs these on its own vector width.
+// A scratch row is writable up to the next multiple of kChunk keys, so its last partial vector is
+// computed whole with the lanes past n masked out of the maximum, the check and the sum (a scalar
+// tail loop cost 6% of a call at N = 196).
 #if defined(__GNUC__) && !defined(__CUDACC__)
-inline I16 live_lanes(int64_t left) {
-    const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    return lane < static_cast<int32_t>(left < 16 ? left : 16);
+template <typename V>
+struct LaneInts;
+template <>
+struct LaneInts<F16> {
+    using I = I16;
+    using U = U16;
+};
+template <>
+struct LaneInts<F8> {
+    typedef int32_t I __attribute__((vector_size(32)));
+    typedef uint32_t U __attribute__((vector_size(32)));
+};
+using It = LaneInts<Vt>::I;
+using Ut = LaneInts<Vt>::U;
+
+inline Vt vsplat(float a) { return Vt{} + a; }
+inline Vt vload(const float* p) { return VecOps<Vt>::load(p); }
+inline void vstore(float* p, const Vt& x) { VecOps<Vt>::store(p, x); }
+template <typename V>
+inline V vmax(const V& a, const V& b) {
+    return a > b ? a : b;
 }
 
-// All-ones lanes where v is NaN or +inf (exponent bits all set, and not -inf, which masks keys).
-inline I16 non_finite_lanes(const F16& v) {
-    const I16 exp_bits = I16{} + 0x7f800000, neg_inf_bits = I16{} + static_cast<int32_t>(0xff800000u);
-    I16 u;
-    std::memcpy(&u, &v, sizeof u);
-    return ((u & exp_bits) == exp_bits) & (u != neg_inf_bits);
+// Horizontal reductions: F16 by the core's shuffle tree, F8 by its own (3 steps).
+inline float reduce_max(const F16& a) { return f16_reduce_max(a); }
+inline float reduce_add(const F16& a) { return f16_reduce_add(a); }
+inline F8 fold8(const F8& a, int step) {
+    switch (step) {
+        case 4: return __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3);
+        case 2: return __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5);
+        default: return __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+    }
+}
+inline float reduce_max(F8 a) {
+    for (int step = 4; step >= 1; step /= 2) a = vmax(a, fold8(a, step));
+    return a[0];
+}
+inline float reduce_add(F8 a) {
+    for (int step = 4; step >= 1; step /= 2) a += fold8(a, step);
+    return a[0];
 }
 
-// Maximum of s[0, n) and whether any value is NaN or +inf, in one pass over the row.
-float max_checked(const float* EF_RESTRICT s, int64_t n, I16& bad_lanes) {
-    F16 lanes = f16_splat(kNegInf);
+// 2^t for t <= 0 on a vector: the core's exp2_nonpos (ef_core.h) lane-wise, branch-free.
+inline Vt vexp2_nonpos(const Vt& t) {
+    const Vt a = t + kRoundMagic;
+    const Vt p = exp2_poly(t - (a - kRoundMagic));
+    Ut pb, ab;
+    std::memcpy(&pb, &p, sizeof pb);
+    std::memcpy(&ab, &a, sizeof ab);
+    const Ut e = (pb + (ab << 23)) & (Ut)(t >= kExp2Min);  // all-ones lanes where t >= -125
+    Vt out;
+    std::memcpy(&out, &e, sizeof out);
+    return out;
+}
+
+// exp(s - m) given neg_m_log2e = splat(-m log2 e) (as the core's ga_exp_shifted).
+inline Vt vexp_shifted(const Vt& s, const Vt& neg_m_log2e) { return vexp2_nonpos(s * kLog2e + neg_m_log2e); }
+
+inline It lane_index() {
+    It r{};
+    for (int i = 0; i < kW; ++i) r[i] = i;
+    return r;
+}
+inline It live_lanes(int64_t left) { return lane_index() < static_cast<int32_t>(left < kW ? left : kW); }
+
+// Whether any logit is NaN or +inf (-inf is allowed: it masks keys), tracked without a compare
+// per vector: the bits of +inf and positive NaNs are the largest signed integers (>= 0x7f800000),
+// those of negative NaNs the unsigned integers above -inf's 0xff800000. So a running signed and a
+// running unsigned integer maximum per lane (one vpmaxsd and one vpmaxud per vector; a compare,
+// and and or per vector kept its mask accumulator in memory on AVX2 and was 20% of a call) say it
+// once per work item (any_bad).
+struct BadLanes {
+    It smax = It{} + INT32_MIN;
+    Ut umax = Ut{};
+};
+
+inline void track(BadLanes& bad, const Vt& v) {
+    It si;
+    Ut ui;
+    std::memcpy(&si, &v, sizeof si);
+    std::memcpy(&ui, &v, sizeof ui);
+    bad.smax = bad.smax > si ? bad.smax : si;
+    bad.umax = bad.umax > ui ? bad.umax : ui;
+}
+
+// Maximum of s[0, n) and the NaN/+inf tracking, in one pass over the row.
+float max_checked(const float* EF_RESTRICT s, int64_t n, BadLanes& bad_out) {
+    Vt lanes = vsplat(kNegInf);
+    BadLanes bad = bad_out;  // in registers for the loop
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {  // whole vectors: no lane mask
-        const F16 v = f16_load(s + j);
-        lanes = f16_max(lanes, v);
-        bad_lanes |= non_finite_lanes(v);
+    for (; j + kW <= n; j += kW) {  // whole vectors: no lane mask
+        const Vt v = vload(s + j);
+        lanes = vmax(lanes, v);
+        track(bad, v);
     }
-    if (j < n) {  // the last partial vector, its lanes past n masked out
-        const I16 live = live_lanes(n - j);
-        const F16 v = f16_load(s + j);
-        lanes = f16_max(lanes, live ? v : lanes);
-        bad_lanes |= non_finite_lanes(v) & live;
+    if (j < n) {  // the last partial vector, its lanes past n replaced by -inf
+        const It live = live_lanes(n - j);
+        const Vt v = live ? vload(s + j) : vsplat(kNegInf);
+        lanes = vmax(lanes, v);
+        track(bad, v);
     }
-    return f16_reduce_max(lanes);
+    bad_out = bad;
+    return reduce_max(lanes);
 }
 
-// Whether any lane of a max_checked accumulator is set (reduced once per work item: extracting
-// 16 lanes per row cost as much as the row's maximum at N = 49).
-bool any_bad(const I16& bad_lanes) {
-    I16 r = bad_lanes;
-    for (int i = 1; i < 16; ++i) r[0] |= r[i];
-    return r[0] != 0;
+// Whether a logit tracked in `bad` was NaN or +inf.
+bool any_bad(const BadLanes& bad) {
+    for (int i = 0; i < kW; ++i)
+        if (bad.smax[i] >= 0x7f800000 || bad.umax[i] > 0xff800000u) return true;
+    return false;
 }
 
-// s[j] += bias[j] for j < n (contiguous bias): whole vectors, then the last n % 16 one by one
+// s[j] += bias[j] for j < n (contiguous bias): whole vectors, then the last n % kW one by one
 // (the bias row ends at M, so a whole last vector could read past the table).
 void add_bias_contiguous(float* EF_RESTRICT s, const float* EF_RESTRICT bias, int64_t n) {
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) f16_store(s + j, f16_add(f16_load(s + j), f16_load(bias + j)));
+    for (; j + kW <= n; j += kW) vstore(s + j, vload(s + j) + vload(bias + j));
     for (; j < n; ++j) s[j] += bias[j];
 }
 
@@ -112,28 +199,28 @@ void softmax_step(float* EF_RESTRICT s, int64_t kb, float tmax, float& m, float&
         return;
     }
     const float m_new = ef_fmax(m, tmax);
-    const F16 neg_m = f16_splat(-m_new * kLog2e);
-    F16 sum = f16_zero();
+    const Vt neg_m = vsplat(-m_new * kLog2e);
+    Vt sum = Vt{};
     int64_t j = 0;
-    for (; j + 16 <= kb; j += 16) {  // whole vectors: no lane mask
-        const F16 e = ga_exp_shifted(f16_load(s + j), neg_m);
-        f16_store(s + j, e);
-        sum = f16_add(sum, e);
+    for (; j + kW <= kb; j += kW) {  // whole vectors: no lane mask
+        const Vt e = vexp_shifted(vload(s + j), neg_m);
+        vstore(s + j, e);
+        sum += e;
     }
     if (j < kb) {  // the last partial vector, its lanes past kb out of the sum
-        const F16 e = ga_exp_shifted(f16_load(s + j), neg_m);
-        f16_store(s + j, e);
-        sum = f16_add(sum, live_lanes(kb - j) ? e : f16_zero());
+        const Vt e = vexp_shifted(vload(s + j), neg_m);
+        vstore(s + j, e);
+        sum += live_lanes(kb - j) ? e : Vt{};
     }
-    ga_softmax_rescale(m_new, f16_reduce_add(sum), m, l, acc, Dv);
+    ga_softmax_rescale(m_new, reduce_add(sum), m, l, acc, Dv);
 }
 #else
-using I16 = bool;
-float max_checked(const float* s, int64_t n, I16& bad) {
+using BadLanes = bool;
+float max_checked(const float* s, int64_t n, BadLanes& bad) {
     if (first_non_finite(s, n, /*allow_neg_inf=*/true) >= 0) bad = true;
     return ga_tile_max(s, n);
 }
-bool any_bad(const I16& bad) { return bad; }
+bool any_bad(const BadLanes& bad) { return bad; }
 void add_bias_contiguous(float* s, const float* bias, int64_t n) {
     for (int64_t j = 0; j < n; ++j) s[j] += bias[j];
 }
@@ -157,7 +244,7 @@ void pack_keys(const float* EF_RESTRICT k, int64_t M, int64_t D, float* EF_RESTR
     // dimension compiled to `rep stos`, whose start-up cost was half of this function at N = 49.
     if (M % kChunk != 0) {
         float* last = kt + packed_key(M / kChunk * kChunk, 0, D);
-        for (int64_t i = 0; i < D * kChunk; i += 16) f16_store(last + i, f16_zero());
+        for (int64_t i = 0; i < D * kChunk; i += kW) vstore(last + i, Vt{});
     }
     int64_t j0 = 0, d0 = 0;
 #if defined(__GNUC__) && !defined(__CUDACC__)
@@ -319,15 +406,15 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
             for (int64_t j = 0; j < x.N; ++j) cw[j] = (run += lf[j]);
             c = cw;
         }
-        I16 bad_lanes{};  // set where a logit (after the bias) is NaN or +inf; see max_checked
+        BadLanes bad_lanes{};  // set where a logit (after the bias) is NaN or +inf; see max_checked
         // A contiguous, non-causal bias row (RMT's decay table) is added inside the logits tiles.
         const bool fused_bias = x.bias != nullptr && bs[3] == 1 && c == nullptr && !s.causal;
         for (int64_t j0 = 0; j0 < keys; j0 += kKeys) {
             const int64_t kb = j0 + kKeys < keys ? kKeys : keys - j0;
-            // Keys [0, full) go through whole-chunk register tiles, the rest through 16-key tiles
+            // Keys [0, full) go through whole-chunk register tiles, the rest through one-vector tiles
             // whose last keys are the packed keys' zero padding (computed and never read). A padded tile costs
             // a few FMAs per row; a column-wise tail needed q transposed, which cost more at N <= 64.
-            const int64_t full = kb / kChunk * kChunk, tiled = (kb + 15) / 16 * 16;
+            const int64_t full = kb / kChunk * kChunk, tiled = (kb + kW - 1) / kW * kW;
             for (int64_t g = 0; g < rows; g += kAccGroup) {
                 const int64_t g_rows = std::min<int64_t>(kAccGroup, rows - g);
                 for (int64_t gl = g; gl < g + g_rows; gl += kGroup) {
@@ -336,7 +423,7 @@ Error gated_attention_cpu(const GatedAttentionArgs& x, const ParallelFor& pf) {
                     for (int64_t jc = 0; jc < full; jc += kChunk)
                         logits_rows<kChunks>(n, q + gl * x.D, x.D, kt + packed_key(j0 + jc, 0, x.D), kChunk, x.scale,
                                              sc + gl * kKeys + jc, kKeys, bias_g ? bias_g + jc : nullptr, bs[2]);
-                    for (int64_t jc = full; jc < tiled; jc += 16)
+                    for (int64_t jc = full; jc < tiled; jc += kW)
                         logits_rows<1>(n, q + gl * x.D, x.D, kt + packed_key(j0 + jc, 0, x.D), kChunk, x.scale,
                                        sc + gl * kKeys + jc, kKeys);
                 }
