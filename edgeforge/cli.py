@@ -7,6 +7,7 @@ Exit codes (design.md): 0 success, 1 a check failed (parity, accuracy, latency b
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -314,10 +315,113 @@ def targets(device_url) -> None:
     print_targets([(t, *tg.reachability(t, device_url)) for t in tg.all_targets()], console)
 
 
-@cli.command(context_settings=_PASSTHROUGH)
+class _BuildGroup(click.Group):
+    """`edgeforge build BUILD.yaml ...` runs the build; `edgeforge build merge DIR...` merges."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage("edgeforge build", "BUILD.yaml [OPTIONS] | merge DIR... [OPTIONS]")
+
+
+@cli.group(cls=_BuildGroup)
 def build() -> None:
-    """Build a matrix of recipes x targets x precisions from BUILD.yaml (for CI)."""
-    _not_yet("build")
+    """Build a matrix of recipes x targets x precisions from BUILD.yaml (for CI).
+
+    \b
+      edgeforge build BUILD.yaml -j 2                 # every cell; summary.md, report.html, dist/
+      edgeforge build BUILD.yaml --check              # rebuild; report any file whose bytes changed
+      edgeforge build BUILD.yaml --list-jobs --format github|gitlab
+      edgeforge build BUILD.yaml --job ID --out out/ID   # one cell (a CI job)
+      edgeforge build merge out/* --out merged        # join CI jobs' outputs into one summary
+
+    Exit codes: 0 every cell passed; 1 a cell failed, broke a budget, or (--check) drifted;
+    2 a bad build file.
+    """
+
+
+@build.command("run", hidden=True)
+@click.argument("build_file", metavar="BUILD.yaml", type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(file_okay=False), default="build-out", show_default=True,
+              help="Output folder (artifacts/, cells/, cache/, summary.md, report.html, dist/).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells run at once (each in its own process; benches still run one at a time).")
+@click.option("--force", is_flag=True, help="Run every cell and step even if its inputs have not changed.")
+@click.option("--no-cache", is_flag=True, help="Do not skip cells found in the content-addressed cache.")
+@click.option("--check", is_flag=True, help="Rebuild every artifact from scratch in OUT/check/ and report any "
+                                            "file whose sha256 differs from the build's, with its step (exit 1).")
+@click.option("--list-jobs", is_flag=True, help="Print the cells as a CI job matrix (see --format) and exit.")
+@click.option("--format", "fmt", type=click.Choice(["github", "gitlab"]), default="github", show_default=True,
+              help="--list-jobs: GitHub Actions matrix JSON, or a GitLab child-pipeline YAML.")
+@click.option("--job", "job", default=None, metavar="ID", help="Run only this cell (a CI job); see --list-jobs.")
+@click.option("--no-summary", is_flag=True, help="With --job: do not write summary.md/report.html/dist/.")
+@click.option("--no-bench", is_flag=True, hidden=True, help="Build artifacts only (what --check rebuilds).")
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True,
+              help="Seconds a cell may run before it is stopped and failed.")
+def build_run(build_file, out, jobs, force, no_cache, check, list_jobs, fmt, job, no_summary, no_bench,
+              timeout_s) -> None:
+    from edgeforge.build.run import exit_code, list_jobs as jobs_of, run_build, run_job, write_summary
+    from edgeforge.build.spec import Build
+    from edgeforge.errors import CheckFailed
+
+    b = Build(build_file)
+    if list_jobs:
+        click.echo(jobs_of(b, fmt))
+        return
+    if check:
+        from edgeforge.build.run import check as check_build
+
+        drifts = check_build(b, out, jobs, console=console)
+        if drifts:
+            for d in drifts:
+                err_console.print(f"[red]drift[/] {d['file']} (step {d['step']}): recorded "
+                                  f"{d['recorded'][:16]}, rebuilt {d['rebuilt'][:16]}", highlight=False)
+            raise CheckFailed(f"{len(drifts)} file(s) differ when rebuilt from unchanged inputs; see {out}/check.json")
+        console.print(f"check: every artifact of {len(b.cells)} cells rebuilt with identical bytes")
+        return
+    if job is not None:
+        res = run_job(b, job, out, force=force, bench=not no_bench)
+        if not no_summary:
+            write_summary(Path(out), [res], b.spec.name)
+        state = "cached" if res.get("cached") else res["status"]
+        console.print(f"{res['id']}: {state}" + (f" - {res['error']}" if res.get("error") else ""), highlight=False)
+        if exit_code([res]):
+            raise CheckFailed(f"{res['id']}: {res['status']}: "
+                              + ("; ".join(res.get("budget_failures") or []) or str(res.get("error"))))
+        return
+    import time as _time
+
+    t0 = _time.perf_counter()
+    results = run_build(b, out, jobs=jobs, force=force, use_cache=not no_cache, console=console,
+                        timeout_s=timeout_s, bench=not no_bench)
+    console.print((Path(out) / "summary.md").read_text(), markup=False, highlight=False)
+    console.print(f"summary: {Path(out) / 'summary.md'}\nhtml: {Path(out) / 'report.html'}\n"
+                  f"dist: {Path(out) / 'dist'} (index.json, SHA256SUMS)\n"
+                  f"{len(results)} cells in {_time.perf_counter() - t0:.1f} s", highlight=False)
+    if exit_code(results):
+        bad = [r["id"] for r in results if r["status"] in ("failed", "over_budget")]
+        raise CheckFailed(f"{len(bad)} cell(s) failed or broke a budget: {', '.join(bad)}")
+
+
+@build.command("merge")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Merged output folder.")
+@click.option("--title", default="edgeforge build", show_default=True, help="Summary title.")
+def build_merge(dirs, out, title) -> None:
+    """Join the OUT folders of CI jobs (`--job ID --out DIR`) into one summary, report and dist/."""
+    from edgeforge.build.run import exit_code, merge
+
+    results = merge(dirs, out, title)
+    console.print((Path(out) / "summary.md").read_text(), markup=False, highlight=False)
+    data = __import__("json").loads((Path(out) / "build.json").read_text())
+    if exit_code(results) or data["conflicts"]:
+        from edgeforge.errors import CheckFailed
+
+        raise CheckFailed(f"merged {len(results)} cells: {len(data['failing'])} failing, "
+                          f"{len(data['conflicts'])} file(s) differ between jobs")
 
 
 @cli.command(context_settings=_PASSTHROUGH)
