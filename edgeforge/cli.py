@@ -424,10 +424,48 @@ def build_merge(dirs, out, title) -> None:
                           f"{len(data['conflicts'])} file(s) differ between jobs")
 
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.group()
 def agent() -> None:
     """Device agent: `agent serve` runs on a device for on-device latency reports."""
-    _not_yet("agent")
+
+
+@agent.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (another machine: put it behind TLS or an SSH tunnel; see README).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the token clients must send (default: $EDGEFORGE_AGENT_TOKEN).")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=512.0, show_default=True,
+              help="Largest model or feed accepted.")
+@click.option("--max-queue", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Runs waiting for the one run slot; beyond: 503 busy.")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds a request's body may stall.")
+@click.option("--run-timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
+              help="Seconds a load, inference or benchmark may run (504 beyond).")
+@click.option("--model-ttl", type=click.FloatRange(min=0.1), default=900.0, show_default=True,
+              help="Seconds an unused model is kept before it is deleted with its files.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where model folders are made (default: the system's temp directory).")
+@click.option("--device-name", default=None, help="The device's description in reports (default: host and CPU).")
+@click.option("--quiet", is_flag=True, help="Do not log requests.")
+def agent_serve(host, port, token_file, max_upload_mb, max_queue, read_timeout, run_timeout, model_ttl, workdir,
+                device_name, quiet) -> None:
+    """Serve the edgeforge agent protocol (edgeforge.runtimes.remote) on this device. Torch-free."""
+    from edgeforge.agent.server import read_token, serve
+
+    token = read_token(token_file)
+
+    def ready(server):
+        h, p = server.server_address[:2]
+        click.echo(f"edgeforge agent {__version__} listening on http://{h}:{p} "
+                   f"(runtimes: {', '.join(f'{k} {v}' for k, v in server.agent.runtimes.items()) or 'none'})",
+                   err=False)
+        sys.stdout.flush()
+
+    serve(host, port, token, ready=ready, log=not quiet, max_upload_mb=max_upload_mb, max_queue=max_queue,
+          read_timeout_s=read_timeout, run_timeout_s=run_timeout, model_ttl_s=model_ttl,
+          workdir=Path(workdir) if workdir else None, device=device_name)
 
 
 @cli.group(invoke_without_command=True)

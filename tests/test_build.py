@@ -120,27 +120,43 @@ def test_changing_one_recipe_rebuilds_only_its_cells(built, tmp_path):
     assert cells[OVER]["key"] != _cells(out)[OVER]["key"]
 
 
-def test_ci_list_jobs_run_in_separate_processes_and_merge_equal_one_process_build(built, tmp_path):
+def _workflow_commands() -> tuple[str, str, str]:
+    """The list, cell and merge commands of examples/ci/github-actions.yml, as CI runs them."""
+    wf = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions.yml").read_text())
+    runs = {name: [s["run"] for s in job["steps"] if "run" in s and "edgeforge build" in s["run"]]
+            for name, job in wf["jobs"].items()}
+    return runs["list"][0], runs["cell"][0], runs["merge"][0]
+
+
+def test_ci_example_list_jobs_in_separate_processes_merge_equals_one_process_build(built, tmp_path):
+    """The GitHub Actions example's own commands (list -> one process per cell, two at a time ->
+    merge) on this build file: the merged dist/ has the same files, the same model bytes and the
+    same cell results as the one-process build."""
     from edgeforge.build.run import model_files
 
     bf, out, _ = built
-    proc = _cli("build", bf, "--list-jobs", "--format", "github")
+    list_cmd, cell_cmd, merge_cmd = _workflow_commands()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BUILD_FILE": str(bf), "GITHUB_OUTPUT": str(tmp_path / "gh_out"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-ec", list_cmd], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    jobs = json.loads(proc.stdout)["include"]
+    matrix = (tmp_path / "gh_out").read_text().strip().removeprefix("matrix=")
+    jobs = json.loads(matrix)["include"]
     assert sorted(j["id"] for j in jobs) == sorted([*GOOD, OVER, FAIL])
     gitlab = yaml.safe_load(_cli("build", bf, "--list-jobs", "--format", "gitlab").stdout)
     assert sorted(k for k in gitlab if k.startswith("cell ")) == sorted(f"cell {j['id']}" for j in jobs)
     assert f"--job {GOOD[1]}" in gitlab[f"cell {GOOD[1]}"]["script"][0]
-    # the CI's jobs: each its own process and output folder, two at a time
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {j["id"]: subprocess.Popen([sys.executable, "-m", "edgeforge.cli", "build", str(bf), "--job", j["id"],
-                                        "--out", str(tmp_path / "jobs" / j["id"])], cwd=ROOT, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for j in jobs}
-    codes = {k: (p.communicate(timeout=600), p.returncode)[1] for k, p in procs.items()}
+    codes = {}
+    for pair in (jobs[:2], jobs[2:]):  # two runners at a time
+        procs = {j["id"]: subprocess.Popen(["bash", "-ec", cell_cmd.replace("${{ matrix.id }}", j["id"])],
+                                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           text=True) for j in pair}
+        codes.update({k: (p.communicate(timeout=600), p.returncode)[1] for k, p in procs.items()})
     assert codes == {GOOD[0]: 0, GOOD[1]: 0, OVER: 1, FAIL: 1}
+    merge = merge_cmd.replace("${{ github.sha }}", "test")
+    proc = subprocess.run(["bash", "-ec", merge], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr  # the same cells fail as in the one-process build
     merged = tmp_path / "merged"
-    proc = _cli("build", "merge", *sorted((tmp_path / "jobs").iterdir()), "--out", merged)
-    assert proc.returncode == 1  # the same cells fail as in the one-process build
     assert model_files(merged / "dist") == model_files(out / "dist")
     one = json.loads((out / "dist" / "index.json").read_text())
     two = json.loads((merged / "dist" / "index.json").read_text())
@@ -148,6 +164,7 @@ def test_ci_list_jobs_run_in_separate_processes_and_merge_equal_one_process_buil
     assert sorted(one["files"]) == sorted(two["files"])  # the same files (reports and manifests too)
     steps = json.loads((merged / "artifacts" / "digits" / "manifest.json").read_text())["steps"]
     assert {"export", "int8-minmax", "bench/cpu-ort/fp32", "bench/cpu-ort/int8-minmax"} <= set(steps)
+    assert "edgeforge build test" in (merged / "summary.md").read_text()
 
 
 def test_check_rebuilds_and_names_the_file_and_step_that_drifted(built, tmp_path):
