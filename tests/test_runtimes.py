@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import sys
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 from edgeforge.errors import BadInput, NotAvailable
 from edgeforge.runtimes import create_runner, probe_runtime
+from test_agent_support import agent  # noqa: F401  (fixture)
 from test_bench_support import CLASSES, SHAPE, tiny_art  # noqa: F401  (fixture)
 
 LOCAL = [("onnxruntime", {"provider": "cpu", "threads": 1}), ("openvino", {"device": "CPU", "threads": 1})]
@@ -226,83 +224,16 @@ def test_runtimes_targets_latency_import_and_run_without_torch(tiny_art, tmp_pat
 
 
 # ------------------------------------------------------------------ remote agent (client side)
-class _AgentHandler(BaseHTTPRequestHandler):
-    """A minimal agent speaking the protocol of edgeforge.runtimes.remote, on 127.0.0.1, backed by
-    a real ONNX Runtime session (the real agent is `edgeforge agent serve`)."""
-
-    models: dict = {}
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code, body, ctype="application/json"):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        if self.path == "/v1/info":
-            return self._send(200, {"edgeforge": "test", "device": "test-agent", "runtimes": {}})
-        self._send(404, {"error": "no such path"})
-
-    def do_POST(self):
-        import io
-        import tempfile
-
-        from edgeforge.bench import latency as lat
-
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path == "/v1/models":
-            spec = json.loads(self.headers["X-Edgeforge-Spec"])
-            if spec["runtime"] != "onnxruntime":
-                return self._send(400, {"error": f"runtime {spec['runtime']} not installed on this agent"})
-            f = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
-            f.write(body)
-            f.close()
-            r = create_runner("onnxruntime", f.name, **{**spec["options"], "threads": 1})
-            r.activate()
-            mid = str(len(self.models))
-            self.models[mid] = r
-            return self._send(200, {"model_id": mid, "inputs": [s.to_dict() for s in r.input_specs()],
-                                    "outputs": r.output_names(), "load_ms": r.load_time_s * 1e3,
-                                    "runtime": vars(r.info())})
-        mid, action = self.path.split("/")[3:5]
-        r = self.models[mid]
-        if action == "infer":
-            with np.load(io.BytesIO(body)) as z:
-                out = r.infer({k: z[k] for k in z.files})
-            buf = io.BytesIO()
-            np.savez(buf, **out)
-            return self._send(200, buf.getvalue(), "application/octet-stream")
-        s = json.loads(body)
-        feed = {sp.name: np.zeros(sp.concrete_shape(), sp.dtype) for sp in r.input_specs()}
-        settings = lat.Settings(warmup=s["warmup"], warmup_time_s=0, iterations=s["iterations"], block_size=5)
-        samples = lat.measure({"m": r}, {"m": feed}, settings)["m"]
-        self._send(200, {"samples_ms": samples.times_ms, "first_inference_ms": None, "peak_rss_delta_mb": None})
-
-    def do_DELETE(self):
-        mid = self.path.split("/")[3]
-        self.models.pop(mid).deactivate()
-        self._send(200, {"deleted": mid})
-
-
+# A real `edgeforge agent serve` process (torch blocked in it); more in tests/test_agent.py.
 @pytest.fixture
-def agent_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _AgentHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def agent_url(agent):  # noqa: F811
+    return agent.url
 
 
 def test_remote_runner_over_http(tiny_art, agent_url):  # noqa: F811
     from edgeforge.runtimes.remote import RemoteRunner, probe
 
-    assert probe(agent_url)["device"] == "test-agent"
+    assert probe(agent_url)["auth"] == "bearer" and "onnxruntime" in probe(agent_url)["runtimes"]
     with RemoteRunner(agent_url, tiny_art / "fp32" / "model.onnx", runtime="onnxruntime",
                       options={"provider": "cpu"}) as r, \
             create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as local:
@@ -328,6 +259,8 @@ def test_remote_runner_unreachable_and_agent_errors(tiny_art, agent_url):  # noq
         RemoteRunner(f"http://127.0.0.1:{port}", tiny_art / "fp32" / "model.onnx", runtime="onnxruntime").activate()
     with pytest.raises(AgentError, match="not installed on this agent"):
         RemoteRunner(agent_url, tiny_art / "fp32" / "model.onnx", runtime="tensorrt").activate()
+    with pytest.raises(AgentError, match="HTTP 401"):
+        RemoteRunner(agent_url, tiny_art / "fp32" / "model.onnx", runtime="onnxruntime", token="wrong").activate()
 
 
 # ------------------------------------------------------------------ TensorRT (GPU) and CoreML

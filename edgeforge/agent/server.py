@@ -185,7 +185,9 @@ def store_model(data: bytes, runtime: str, filename: str, folder: Path) -> Path:
 
 def load_npz(data: bytes) -> dict[str, np.ndarray]:
     if data[:4] != b"PK\x03\x04":
-        _refuse_code(data)
+        if data[:1] == b"\x80":
+            raise HttpError(400, "refused: the feed is a Python pickle; send an npz (np.savez), which the agent "
+                                 "loads with allow_pickle=False")
         raise HttpError(400, "refused: the feed is not an npz archive (np.savez)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
@@ -377,7 +379,8 @@ class Agent:
             samples: list[float] = []
             t_start = time.perf_counter()
             while True:
-                for _ in range(block):
+                n = block if len(samples) >= iterations else min(block, iterations - len(samples))
+                for _ in range(n):
                     t0 = time.perf_counter_ns()
                     infer(feed)
                     samples.append((time.perf_counter_ns() - t0) / 1e6)

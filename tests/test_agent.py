@@ -1,0 +1,304 @@
+"""`edgeforge agent serve` as a real process on 127.0.0.1 (torch blocked in it), driven by the
+real client (RemoteRunner, `edgeforge bench --device`) and by raw HTTP for what a client would
+never send: missing or wrong tokens, oversized, truncated and non-model uploads, pickles, clients
+that disconnect, a full queue, an agent killed mid-benchmark, and a load of mixed requests."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from edgeforge.runtimes import create_runner
+from edgeforge.runtimes.remote import AgentError, RemoteRunner
+from test_agent_support import ROOT, AgentProcess, agent  # noqa: F401  (fixture)
+from test_bench_support import SHAPE, tiny_art  # noqa: F401  (fixture)
+
+
+def _feed(seed=0):
+    return {"input": np.random.default_rng(seed).standard_normal((1, *SHAPE)).astype(np.float32)}
+
+
+def _npz(arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _http(url, method, path, body=b"", headers=None, timeout=30):
+    u = urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, (json.loads(data) if r.getheader("Content-Type") == "application/json" else data)
+    finally:
+        c.close()
+
+
+def _auth(a):
+    return {"Authorization": f"Bearer {a.token}"}
+
+
+def _upload(a, data: bytes, runtime="onnxruntime", filename="model.onnx", token=True):
+    spec = json.dumps({"runtime": runtime, "options": {"threads": 1}, "filename": filename})
+    return _http(a.url, "POST", "/v1/models", data, {**(_auth(a) if token else {}), "X-Edgeforge-Spec": spec,
+                                                      "Content-Type": "application/octet-stream"})
+
+
+def test_bench_through_the_agent_gives_a_local_bench_report(agent, tiny_art, tmp_path):  # noqa: F811
+    """`edgeforge bench ART --target rpi5-ort --device URL` end to end (the README's command): the
+    report has the fields of a local bench, measured on the device, with the agent's description."""
+    import shutil
+
+    art = shutil.copytree(tiny_art, tmp_path / "art")
+    env = {**os.environ, "EDGEFORGE_AGENT_TOKEN_FILE": str(agent.token_file), "OMP_NUM_THREADS": "1"}
+    args = ["--iterations", "20", "--min-time", "0", "--warmup", "2", "--block-size", "5"]
+    for target, extra in (("rpi5-ort", ["--device", agent.url]), ("cpu-ort", ["--threads", "1"])):
+        proc = subprocess.run([sys.executable, "-m", "edgeforge.cli", "bench", str(art), "--target", target,
+                               "--precision", "int8-ort", *args, *extra], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = json.loads((art / "reports" / "rpi5-ort-int8-ort.json").read_text())
+    local = json.loads((art / "reports" / "cpu-ort-int8-ort.json").read_text())
+    assert remote["status"] == local["status"] == "measured"
+    for key in ("latency", "memory", "efficiency", "accuracy", "kernel_fidelity", "runtime", "model", "target"):
+        assert (remote[key] is None) == (local[key] is None), key
+    assert set(remote["latency"]) == set(local["latency"])
+    assert remote["latency"]["measured_on"] == "device" and remote["latency"]["iterations"] >= 20
+    assert remote["latency"]["cold_load_ms"] > 0 and remote["runtime"]["options"]["agent"] == agent.url
+    assert "agent at" in remote["target"]["reached"] and "on " in remote["runtime"]["device"]
+    assert remote["kernel_fidelity"]["sqnr_db"] > 30  # same ONNX Runtime kernels on the agent
+    assert remote["model"]["sha256"] == local["model"]["sha256"]
+    assert agent.model_folders() == []  # the bench deleted its models
+
+
+def test_token_required_and_compared(agent, tiny_art):  # noqa: F811
+    assert _http(agent.url, "GET", "/v1/info")[0] == 200  # the only open endpoint
+    model = (tiny_art / "fp32" / "model.onnx").read_bytes()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {agent.token}"},
+                    {"Authorization": f"Bearer {agent.token}x"}):
+        spec = json.dumps({"runtime": "onnxruntime", "options": {}})
+        status, body = _http(agent.url, "POST", "/v1/models", model, {**headers, "X-Edgeforge-Spec": spec})
+        assert status == 401 and "unauthorized" in body["error"], headers
+        assert _http(agent.url, "DELETE", "/v1/models/x", headers=headers)[0] == 401
+    assert agent.model_folders() == []
+    with pytest.raises(AgentError, match="HTTP 401"):
+        RemoteRunner(agent.url, tiny_art / "fp32" / "model.onnx", "onnxruntime", token="nope").activate()
+
+
+def test_refused_uploads_leave_nothing_on_disk(tmp_path, tiny_art):  # noqa: F811
+    a = AgentProcess(tmp_path, "--max-upload-mb", "1")
+    try:
+        model = (tiny_art / "fp32" / "model.onnx").read_bytes()
+        assert len(model) < 2**20
+        # over the limit: refused from Content-Length, before the body is read
+        status, body = _upload(a, b"\0" * (2**20 + 10))
+        assert status == 413 and "over this agent's limit" in body["error"]
+        # a body shorter than announced, then the client stops sending
+        u = urlparse(a.url)
+        s = socket.create_connection((u.hostname, u.port))
+        spec = json.dumps({"runtime": "onnxruntime"})
+        s.sendall((f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a.token}\r\n"
+                   f"X-Edgeforge-Spec: {spec}\r\nContent-Length: {len(model)}\r\n\r\n").encode() + model[:1000])
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        reply = reply.decode()
+        s.close()
+        assert " 400 " in reply.splitlines()[0] and "truncated upload" in reply
+        # a truncated model file (complete request), text, a pickle, an ELF, a zip of code
+        import zipfile
+
+        zbuf = io.BytesIO()
+        with zipfile.ZipFile(zbuf, "w") as z:
+            z.writestr("model.xml", "<net/>")
+            z.writestr("evil.py", "print(1)")
+        cases = [(model[: len(model) // 2], "onnxruntime", "truncated"),
+                 (b"hello, this is not a model at all" * 4, "onnxruntime", "not a model"),
+                 (pickle.dumps({"weights": np.zeros(3)}), "onnxruntime", "pickle"),
+                 (b"\x7fELF" + b"\0" * 100, "onnxruntime", "executable"),
+                 (zbuf.getvalue(), "openvino", "evil.py")]
+        for data, runtime, why in cases:
+            status, body = _upload(a, data, runtime=runtime)
+            assert status == 415 and why in body["error"], (why, body)
+        assert a.model_folders() == []
+        status, body = _upload(a, model)  # and a good one still loads
+        assert status == 200 and len(a.model_folders()) == 1
+        assert _http(a.url, "DELETE", f"/v1/models/{body['model_id']}", headers=_auth(a))[0] == 200
+        assert a.model_folders() == []
+    finally:
+        a.stop()
+    assert not list(a.workdir.glob("edgeforge-agent-*"))  # shutdown removes the agent's folder
+
+
+def test_pickle_disguised_as_npz_is_refused(agent, tiny_art):  # noqa: F811
+    status, body = _upload(agent, (tiny_art / "fp32" / "model.onnx").read_bytes())
+    mid = body["model_id"]
+    obj = np.empty(1, dtype=object)
+    obj[0] = {"x": 1}
+    for data, why in ((pickle.dumps(_feed()), "pickle"), (_npz({"input": obj}), "pickled objects")):
+        status, body = _http(agent.url, "POST", f"/v1/models/{mid}/infer", data, _auth(agent))
+        assert status == 400 and why in body["error"], body
+    status, out = _http(agent.url, "POST", f"/v1/models/{mid}/infer", _npz(_feed()), _auth(agent))
+    assert status == 200
+
+
+def test_concurrent_clients_are_queued_and_get_their_own_results(agent, tiny_art):  # noqa: F811
+    path = tiny_art / "fp32" / "model.onnx"
+    with create_runner("onnxruntime", path, threads=1) as local:
+        expected = {i: local.infer(_feed(i))["logits"] for i in range(4)}
+    results, errors = {}, []
+
+    def client(i):
+        try:
+            with RemoteRunner(agent.url, path, "onnxruntime", {"threads": 1}) as r:
+                out = r.infer(_feed(i))["logits"]
+                res = r.device_latency(_feed(i), warmup=1, iterations=10 + 5 * i, min_time_s=0)
+                results[i] = (out, res)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, (out, res) in results.items():
+        np.testing.assert_allclose(out, expected[i], rtol=1e-5, atol=1e-6)
+        assert len(res["samples_ms"]) == 10 + 5 * i  # its own settings
+    assert agent.model_folders() == []
+
+
+def test_full_queue_answers_busy_and_a_disconnected_client_frees_its_slot(tmp_path, tiny_art):  # noqa: F811
+    a = AgentProcess(tmp_path, "--max-queue", "0")
+    try:
+        status, body = _upload(a, (tiny_art / "fp32" / "model.onnx").read_bytes())
+        mid = body["model_id"]
+        u = urlparse(a.url)
+        s = socket.create_connection((u.hostname, u.port))
+        settings = json.dumps({"warmup": 0, "iterations": 10, "min_time_s": 120}).encode()
+        s.sendall((f"POST /v1/models/{mid}/bench HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a.token}\r\n"
+                   f"Content-Length: {len(settings)}\r\n\r\n").encode() + settings)
+        time.sleep(1.0)
+        status, body = _http(a.url, "POST", f"/v1/models/{mid}/infer", _npz(_feed()), _auth(a))
+        assert status == 503 and "busy" in body["error"]
+        s.close()  # the 120 s benchmark's client goes away: the agent notices and frees the slot
+        t0 = time.monotonic()
+        while True:
+            status, body = _http(a.url, "POST", f"/v1/models/{mid}/infer", _npz(_feed()), _auth(a))
+            if status == 200 or time.monotonic() - t0 > 20:
+                break
+            time.sleep(0.2)
+        assert status == 200 and time.monotonic() - t0 < 20
+    finally:
+        a.stop()
+
+
+def test_agent_killed_mid_benchmark_gives_a_clear_error(tmp_path, tiny_art):  # noqa: F811
+    a = AgentProcess(tmp_path)
+    try:
+        r = RemoteRunner(a.url, tiny_art / "fp32" / "model.onnx", "onnxruntime", {"threads": 1}, token=a.token)
+        r.activate()
+        threading.Timer(1.0, lambda: os.kill(a.pid, signal.SIGKILL)).start()
+        with pytest.raises(AgentError, match="closed the connection"):
+            r.device_latency(None, warmup=0, iterations=10, min_time_s=60)
+        r.deactivate()  # the agent is gone: nothing to free, no error
+    finally:
+        a.stop()
+
+
+def test_models_expire_with_their_files(tmp_path, tiny_art):  # noqa: F811
+    a = AgentProcess(tmp_path, "--model-ttl", "1")
+    try:
+        status, body = _upload(a, (tiny_art / "fp32" / "model.onnx").read_bytes())
+        assert status == 200 and len(a.model_folders()) == 1
+        time.sleep(2.5)
+        assert a.model_folders() == []
+        status, body = _http(a.url, "POST", f"/v1/models/{body['model_id']}/infer", _npz(_feed()), _auth(a))
+        assert status == 404 and "expired" in body["error"]
+    finally:
+        a.stop()
+
+
+def test_load_of_mixed_requests_from_four_clients(agent, tiny_art):  # noqa: F811
+    """200 requests, good and bad, from 4 clients at once: every good one succeeds, every bad one gets
+    its 4xx, no model folder is left, and the agent's RSS grows by less than 64 MiB."""
+    model = (tiny_art / "fp32" / "model.onnx").read_bytes()
+    status, body = _upload(agent, model)
+    shared = body["model_id"]
+    _http(agent.url, "POST", f"/v1/models/{shared}/infer", _npz(_feed()), _auth(agent))
+    rss0 = agent.rss_mb()
+    bad_feed = pickle.dumps(_feed())
+    plan = ["info", "infer", "bench", "upload", "no_token", "not_model", "pickle", "missing"] * 25
+    failures, lock = [], threading.Lock()
+
+    def one(kind, i):
+        if kind == "info":
+            return _http(agent.url, "GET", "/v1/info")[0] == 200
+        if kind == "infer":
+            st, out = _http(agent.url, "POST", f"/v1/models/{shared}/infer", _npz(_feed(i)), _auth(agent))
+            return st == 200
+        if kind == "bench":
+            st, out = _http(agent.url, "POST", f"/v1/models/{shared}/bench",
+                            json.dumps({"warmup": 0, "iterations": 5}).encode(), _auth(agent))
+            return st == 200 and len(out["samples_ms"]) >= 5
+        if kind == "upload":
+            st, out = _upload(agent, model)
+            return st == 200 and _http(agent.url, "DELETE", f"/v1/models/{out['model_id']}",
+                                       headers=_auth(agent))[0] == 200
+        if kind == "no_token":
+            return _upload(agent, model, token=False)[0] == 401
+        if kind == "not_model":
+            return _upload(agent, b"not a model " * 20)[0] == 415
+        if kind == "pickle":
+            return _http(agent.url, "POST", f"/v1/models/{shared}/infer", bad_feed, _auth(agent))[0] == 400
+        return _http(agent.url, "POST", "/v1/models/nope/infer", _npz(_feed()), _auth(agent))[0] == 404
+
+    def client(k):
+        for i in range(k, len(plan), 4):
+            try:
+                ok = one(plan[i], i)
+            except Exception as e:  # noqa: BLE001
+                ok = f"{type(e).__name__}: {e}"
+            if ok is not True:
+                with lock:
+                    failures.append((plan[i], ok))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:5]
+    assert _http(agent.url, "DELETE", f"/v1/models/{shared}", headers=_auth(agent))[0] == 200
+    assert agent.model_folders() == []
+    assert agent.rss_mb() - rss0 < 64
+
+
+def test_agent_modules_import_without_torch():
+    code = ("import sys\n"
+            "class B:\n"
+            "    def find_spec(self, n, p=None, t=None):\n"
+            "        if n == 'torch' or n.startswith('torch.'): raise ImportError('blocked')\n"
+            "sys.meta_path.insert(0, B())\n"
+            "import edgeforge.agent.server, edgeforge.runtimes.remote, edgeforge.build.spec, edgeforge.cli\n"
+            "assert 'torch' not in sys.modules\nprint('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
