@@ -1,7 +1,16 @@
 """ONNX Runtime CPU latency of the custom ops: the edgeforge custom-op kernel vs the standard-ONNX
 decompositions vs the torch reference. Writes benchmarks/results/ops.json.
 
-    .venv/bin/python benchmarks/ops.py [--threads 2] [--rounds 15] [--out benchmarks/results/ops.json]
+    .venv/bin/python benchmarks/ops.py [--threads 2] [--rounds 15] [--isa avx2,avx512] [--cases attention]
+                                       [--out benchmarks/results/ops.json]
+
+The custom-op kernel runs on each instruction-set path of the portable library this CPU can
+execute (`--isa`, default all of them: avx512, avx2; switched in-process with
+`edgeforge.ops.native.isa_path`, as EDGEFORGE_MAX_ISA does at load time). The decompositions run on
+ONNX Runtime's own kernels (MLAS), which pick their path from CPUID and cannot be capped: on an
+AVX-512 machine the AVX2 kernel path is compared with AVX-512 MLAS decompositions (a harder bar
+than an AVX2 CPU sets). The CPU model (`cpu_record()`), the path and the load average before and
+after each case are recorded.
 
 LinearScan: B 1, C 768, T in 8/16/32/64; decompositions unrolled, parallel (cumsum + masked
 exp + MatMul) and Loop, so that `edgeforge.ops.decompose.BEST_SCAN_FORM` rests on numbers.
@@ -19,6 +28,7 @@ and the headline speedup is the median over rounds of the paired ratio decomposi
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -34,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeforge.artifacts import write_json_atomic  # noqa: E402
 from edgeforge.ops import build, decompose, native, reference  # noqa: E402
 from edgeforge.ops import implementations as impls  # noqa: E402
+from edgeforge.targets.host import cpu_record  # noqa: E402
 from settle import settle  # noqa: E402
 
 
@@ -182,48 +193,98 @@ def _summarise(results: dict, decomps: list[str]) -> dict:
     return out
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_path(args, isa: str | None) -> dict:
+    """Every case with the kernel on instruction-set path `isa` (None: the library's own choice)."""
+    out: dict = {"isa": isa or (native.isa_info() or {}).get("path"), "load_avg_start": _load()}
+    ctx = native.isa_path(isa) if isa else impls.contextlib.nullcontext()
+    with ctx:
+        if args.cases in ("all", "scan"):
+            scan = {}
+            for T in (8, 16, 32, 64):
+                load0 = _load()
+                r = bench_linear_scan(T, 768, args.threads, args.rounds, block=50)
+                scan[f"T{T}"] = {"B": 1, "T": T, "C": 768, "results": r, "load_avg": [load0, _load()],
+                                 **_summarise(r, [f"onnx-{f}" for f in decompose.SCAN_FORMS])}
+                print(f"[{out['isa']}] LinearScan T={T}: " +
+                      ", ".join(f"{n} {v['median_ms']:.4f} ms" for n, v in r.items()), flush=True)
+            wins = {}
+            for case in scan.values():
+                wins[case["best_decomposition"]] = wins.get(case["best_decomposition"], 0) + 1
+            out.update(linear_scan=scan, linear_scan_fastest_decomposition_counts=wins)
+        if args.cases in ("all", "attention"):
+            attention = {}
+            for kind in ("bias", "log_f"):
+                for N in (49, 196, 784):
+                    block = {49: 50, 196: 10, 784: 3}[N]
+                    load0 = _load()
+                    r = bench_gated_attention(N, kind, args.threads, args.rounds, block)
+                    attention[f"{kind}-N{N}"] = {"B": 1, "H": 4, "N": N, "M": N, "D": 32, "Dv": 32, "kind": kind,
+                                                 "results": r, "load_avg": [load0, _load()],
+                                                 **_summarise(r, ["onnx-decompose"])}
+                    print(f"[{out['isa']}] GatedAttention {kind} N={N}: " +
+                          ", ".join(f"{n} {v['median_ms']:.4f} ms" for n, v in r.items()), flush=True)
+            out["gated_attention"] = attention
+    out["load_avg_end"] = _load()
+    return out
+
+
+def table(doc: dict) -> str:
+    """Markdown table of kernel vs best decomposition per case and path (medians, ms)."""
+    rows = ["| path | case | kernel ms | best decomposition | decomposition ms | speedup (paired median) "
+            "| 1-thread CPU-time speedup |", "|---|---|---|---|---|---|---|"]
+    for isa, res in doc["paths"].items():
+        for group in ("linear_scan", "gated_attention"):
+            for case, c in res.get(group, {}).items():
+                if "kernel_ms" not in c:
+                    continue
+                one = c.get("kernel_speedup_vs_best_decomposition_cpu_time_1thread")
+                rows.append(f"| {isa} | {group} {case} | {c['kernel_ms']:.4f} | {c['best_decomposition']} | "
+                            f"{c['best_decomposition_ms']:.4f} | {c['kernel_speedup_vs_best_decomposition']:.2f}x | "
+                            + (f"{one:.2f}x |" if one else "- |"))
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=25)
+    p.add_argument("--isa", default="all",
+                   help="kernel paths to time, comma-separated (avx512, avx2, generic), or 'all' (every path this "
+                        "CPU runs except generic)")
+    p.add_argument("--cases", choices=("all", "scan", "attention"), default="all")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "ops.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rep = build.build(fetch=False)
     if impls.unavailable("ort-kernel"):
         print(f"warning: {impls.unavailable('ort-kernel')}; the custom-op kernel is not measured", file=sys.stderr)
-
-    scan = {}
-    for T in (8, 16, 32, 64):
-        r = bench_linear_scan(T, 768, args.threads, args.rounds, block=50)
-        scan[f"T{T}"] = {"B": 1, "T": T, "C": 768, "results": r,
-                         **_summarise(r, [f"onnx-{f}" for f in decompose.SCAN_FORMS])}
-        print(f"LinearScan T={T}: " + ", ".join(f"{n} {v['median_ms']:.4f} ms" for n, v in r.items()), flush=True)
-    attention = {}
-    for kind in ("bias", "log_f"):
-        for N in (49, 196, 784):
-            block = {49: 50, 196: 10, 784: 3}[N]
-            r = bench_gated_attention(N, kind, args.threads, args.rounds, block)
-            attention[f"{kind}-N{N}"] = {"B": 1, "H": 4, "N": N, "M": N, "D": 32, "Dv": 32, "kind": kind,
-                                         "results": r, **_summarise(r, ["onnx-decompose"])}
-            print(f"GatedAttention {kind} N={N}: " + ", ".join(f"{n} {v['median_ms']:.4f} ms" for n, v in r.items()),
-                  flush=True)
-    wins = {}
-    for case in scan.values():
-        wins[case["best_decomposition"]] = wins.get(case["best_decomposition"], 0) + 1
+    info = native.isa_info()
+    if args.isa == "all":
+        paths = [x for x in info["runs"] if x != "generic"] if info else [None]
+    else:
+        paths = [x.strip() for x in args.isa.split(",") if x.strip()]
     doc = {
         "what": "ONNX Runtime CPU latency (median per call over alternating blocks) of the edgeforge custom-op "
-                "kernel vs the standard-ONNX decompositions vs the eager torch reference",
+                "kernel, on each instruction-set path of the portable library, vs the standard-ONNX "
+                "decompositions (ONNX Runtime's own MLAS kernels, which take this CPU's best path) vs the eager "
+                "torch reference",
         "command": "python benchmarks/ops.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "environment": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                        "python": platform.python_version(), "onnxruntime": ort.__version__,
+        "environment": {"cpu": cpu_record(), "machine": platform.machine(),
+                        "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
                         "torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
-                        "native_build": {k: v.built for k, v in rep.parts.items()}},
-        "linear_scan": scan,
-        "linear_scan_fastest_decomposition_counts": wins,
+                        "kernel_paths": info, "native_build": {k: v.built for k, v in rep.parts.items()}},
         "linear_scan_decomposition_used_for_export": decompose.BEST_SCAN_FORM,
-        "gated_attention": attention,
+        "paths": {},
     }
+    for isa in paths:
+        doc["paths"][isa or "default"] = run_path(args, isa)
+    doc["table"] = table(doc)
+    print(doc["table"])
     write_json_atomic(args.out, doc)
     print(f"wrote {args.out}")
     return 0

@@ -31,6 +31,7 @@ from edgeforge.export.simplify import save_single_file, simplify
 from edgeforge.export.transforms import TransformRecord, apply_transforms_with_outputs
 from edgeforge.export.weights import load_pretrained, load_weights_strict, pretrained_identity, read_state_dict
 from edgeforge.models import build_model
+from edgeforge.ops import shapes as custom_op_shapes
 from edgeforge.recipes import Recipe, load
 from edgeforge.versions import toolchain_versions
 
@@ -250,6 +251,8 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
             _torch_export(prepared, tmp, opset, batch == "dynamic", mode)
         timings["torch_export_s"] = time.perf_counter() - t0
         raw = onnx.load(str(tmp))
+        if mode == "plugin":  # typed edgeforge:: outputs, so that onnxslim and other tools see the graph whole
+            raw = custom_op_shapes.annotate(raw)
         nodes_raw = len(raw.graph.node)
         operators_raw = graph_checks.operator_count(raw)
 

@@ -5,6 +5,10 @@ Torch-free. Builds with CMake what this machine can build and says why it skippe
   asan  ef_core_asan: the same cores under AddressSanitizer + UBSan, a self-checking test driver
   ort   libedgeforge_ort.so: the ONNX Runtime CPU custom-op kernels (needs ONNX Runtime's C/C++ headers)
   trt   libedgeforge_trt.so: CUDA kernels + TensorRT IPluginV3 plugins (needs nvcc and TensorRT headers)
+  trt-host, trt-host-asan
+        ef_trt_conformance(_asan): the plugins' host-side conformance harness (no GPU, no TensorRT
+        runtime: only the headers), the second under AddressSanitizer + UBSan with its own
+        sanitized build of the plugin library (libedgeforge_trt_asan.so)
 
 Third-party headers are never vendored: they come from the environment (ORT_INCLUDE_DIR,
 TENSORRT_ROOT / TENSORRT_INCLUDE_DIR, system paths) or are fetched once into the cache
@@ -38,7 +42,10 @@ PARTS = {
     "asan": ("ef_core_asan", "ef_core_asan"),
     "ort": ("edgeforge_ort", "libedgeforge_ort.so"),
     "trt": ("edgeforge_trt", "libedgeforge_trt.so"),
+    "trt-host": ("ef_trt_conformance", "ef_trt_conformance"),
+    "trt-host-asan": ("ef_trt_conformance_asan", "ef_trt_conformance_asan"),
 }
+TRT_ASAN_LIBRARY = "libedgeforge_trt_asan.so"  # built with trt-host-asan: the plugin host code under ASan
 
 
 def native_build() -> bool:
@@ -229,8 +236,8 @@ def _build_locked(build_dir: Path, fetch: bool, parts: tuple[str, ...], say) -> 
             report.parts[p] = Part(p, False, reason=f"cmake configure failed:\n{_tail(proc)}")
         return _save(report, build_dir)
 
-    skip = {"ort": None if ort.path else ort.note,
-            "trt": None if (nvcc.path and trt.path) else (nvcc.note if not nvcc.path else trt.note)}
+    trt_skip = None if (nvcc.path and trt.path) else (nvcc.note if not nvcc.path else trt.note)
+    skip = {"ort": None if ort.path else ort.note, "trt": trt_skip, "trt-host": trt_skip, "trt-host-asan": trt_skip}
     jobs = str(max(1, min(4, os.cpu_count() or 1)))
     for p in parts:
         target, filename = PARTS[p]

@@ -1,7 +1,9 @@
 #include "trt_plugin_base.h"
 
 #include <atomic>
+#include <climits>
 #include <sstream>
+#include <stdexcept>
 
 namespace ef {
 namespace trt {
@@ -27,21 +29,86 @@ std::string dims_str(const nvinfer1::Dims& d) {
     return o.str();
 }
 
-Fields Fields::parse(const nvinfer1::PluginFieldCollection* fc) {
+namespace {
+
+const char* type_name(nvinfer1::PluginFieldType t) {
+    using T = nvinfer1::PluginFieldType;
+    switch (t) {
+        case T::kFLOAT16: return "kFLOAT16";
+        case T::kFLOAT32: return "kFLOAT32";
+        case T::kFLOAT64: return "kFLOAT64";
+        case T::kINT8: return "kINT8";
+        case T::kINT16: return "kINT16";
+        case T::kINT32: return "kINT32";
+        case T::kCHAR: return "kCHAR";
+        case T::kDIMS: return "kDIMS";
+        case T::kUNKNOWN: return "kUNKNOWN";
+        case T::kINT64: return "kINT64";
+        default: return "another type";
+    }
+}
+
+bool is_int_type(nvinfer1::PluginFieldType t) {
+    using T = nvinfer1::PluginFieldType;
+    return t == T::kINT8 || t == T::kINT16 || t == T::kINT32 || t == T::kINT64;
+}
+
+}  // namespace
+
+Fields Fields::parse(const nvinfer1::PluginFieldCollection* fc, const FieldSpec& declared) {
     using T = nvinfer1::PluginFieldType;
     Fields f;
-    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
+    if (fc == nullptr) return f;
+    if (fc->nbFields < 0 || (fc->nbFields > 0 && fc->fields == nullptr))
+        throw std::invalid_argument("malformed PluginFieldCollection (nbFields " + std::to_string(fc->nbFields) + ")");
+    for (int32_t i = 0; i < fc->nbFields; ++i) {
         const nvinfer1::PluginField& pf = fc->fields[i];
-        if (pf.name == nullptr || pf.data == nullptr || pf.length < 1) continue;
+        if (pf.name == nullptr) throw std::invalid_argument("field " + std::to_string(i) + " has no name");
         const std::string name(pf.name);
+        if (pf.data == nullptr || pf.length < 1)
+            throw std::invalid_argument("field '" + name + "' has no value (length " + std::to_string(pf.length) + ")");
+        if (name == "plugin_version" || name == "plugin_namespace") {
+            const char* want = name == "plugin_version" ? kPluginVersion : kPluginNamespace;
+            std::string got = pf.type == T::kCHAR ? std::string(static_cast<const char*>(pf.data),
+                                                                static_cast<size_t>(pf.length))
+                                                  : std::string("<") + type_name(pf.type) + ">";
+            while (!got.empty() && got.back() == '\0') got.pop_back();
+            if (got != want) throw std::invalid_argument(name + " '" + got + "' is not '" + want + "'");
+            continue;
+        }
+        const FieldSpec::value_type* spec = nullptr;
+        for (const auto& d : declared)
+            if (name == d.first) spec = &d;
+        if (spec == nullptr) {
+            std::string known;
+            for (const auto& d : declared) known += (known.empty() ? "" : ", ") + std::string(d.first);
+            throw std::invalid_argument("unknown field '" + name + "' (fields: " + known + ")");
+        }
+        if (pf.length != 1)
+            throw std::invalid_argument("field '" + name + "' must hold one value, got " + std::to_string(pf.length));
+        const bool want_int = is_int_type(spec->second);
+        int64_t iv = 0;
+        double fv = 0.0;
         switch (pf.type) {
-            case T::kINT32: f.ints_[name] = *static_cast<const int32_t*>(pf.data); break;
-            case T::kINT64: f.ints_[name] = static_cast<int32_t>(*static_cast<const int64_t*>(pf.data)); break;
-            case T::kINT16: f.ints_[name] = *static_cast<const int16_t*>(pf.data); break;
-            case T::kINT8: f.ints_[name] = *static_cast<const int8_t*>(pf.data); break;
-            case T::kFLOAT32: f.floats_[name] = *static_cast<const float*>(pf.data); break;
-            case T::kFLOAT64: f.floats_[name] = static_cast<float>(*static_cast<const double*>(pf.data)); break;
-            default: break;  // strings (plugin_version/namespace) and others are not plugin attributes
+            case T::kINT32: iv = *static_cast<const int32_t*>(pf.data); fv = static_cast<double>(iv); break;
+            case T::kINT64: iv = *static_cast<const int64_t*>(pf.data); fv = static_cast<double>(iv); break;
+            case T::kINT16: iv = *static_cast<const int16_t*>(pf.data); fv = static_cast<double>(iv); break;
+            case T::kINT8: iv = *static_cast<const int8_t*>(pf.data); fv = static_cast<double>(iv); break;
+            case T::kFLOAT32: fv = *static_cast<const float*>(pf.data); break;
+            case T::kFLOAT64: fv = *static_cast<const double*>(pf.data); break;
+            default:
+                throw std::invalid_argument("field '" + name + "' has type " + type_name(pf.type) + ", expected " +
+                                            type_name(spec->second));
+        }
+        if (want_int) {
+            if (!is_int_type(pf.type))
+                throw std::invalid_argument("field '" + name + "' has type " + type_name(pf.type) +
+                                            ", expected an integer type");
+            if (iv < INT32_MIN || iv > INT32_MAX)
+                throw std::invalid_argument("field '" + name + "' = " + std::to_string(iv) + " is out of int32 range");
+            f.ints_[name] = static_cast<int32_t>(iv);
+        } else {
+            f.floats_[name] = static_cast<float>(fv);
         }
     }
     return f;

@@ -19,11 +19,19 @@ constexpr const char* kPluginNamespace = "edgeforge";
 void log_error(const std::string& message) noexcept;
 void set_logger_finder(nvinfer1::ILoggerFinder* finder) noexcept;
 
+// The fields a plugin declares (its creator's getFieldNames): name and type.
+using FieldSpec = std::vector<std::pair<const char*, nvinfer1::PluginFieldType>>;
+
 // Named int and float attributes of one plugin instance. TensorRT's ONNX parser passes ONNX int
-// attributes as kINT32 fields and floats as kFLOAT32; other numeric types are accepted too.
+// attributes as kINT32 fields and floats as kFLOAT32; other integer (float) widths are accepted
+// for declared int (float) fields. A missing field takes the op's default (as a missing ONNX
+// attribute does); anything else that is not a declared field of a numeric type, with one value,
+// in range for its type, is an error (std::invalid_argument naming the field), so that a wrong
+// collection fails at createPlugin instead of running with a silently ignored setting.
+// plugin_version / plugin_namespace (strings some producers pass along) must name this library.
 class Fields {
   public:
-    static Fields parse(const nvinfer1::PluginFieldCollection* fc);
+    static Fields parse(const nvinfer1::PluginFieldCollection* fc, const FieldSpec& declared);
     void set_int(const std::string& name, int32_t v) { ints_[name] = v; }
     void set_float(const std::string& name, float v) { floats_[name] = v; }
     int32_t get_int(const std::string& name, int32_t fallback) const;
@@ -78,7 +86,9 @@ class PluginBase : public nvinfer1::IPluginV3,
     Fields fields_;
 };
 
-// Creator of plugin P: P(Fields) constructs it (may throw std::exception); P::kName, P::field_names().
+// Creator of plugin P: P(Fields) constructs it (may throw std::exception on an out-of-range value);
+// P::kName, P::field_names() (a FieldSpec). createPlugin returns null, with the reason logged, for
+// a collection Fields::parse or P rejects.
 template <typename P>
 class Creator : public nvinfer1::IPluginCreatorV3One {
   public:
@@ -90,7 +100,7 @@ class Creator : public nvinfer1::IPluginCreatorV3One {
     nvinfer1::IPluginV3* createPlugin(const char*, const nvinfer1::PluginFieldCollection* fc,
                                       nvinfer1::TensorRTPhase) noexcept override {
         try {
-            return new P(Fields::parse(fc));
+            return new P(Fields::parse(fc, P::field_names()));
         } catch (const std::exception& e) {
             log_error(std::string(P::kName) + ": " + e.what());
             return nullptr;

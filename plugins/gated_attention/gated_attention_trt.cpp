@@ -14,7 +14,7 @@ namespace {
 class GatedAttentionPlugin : public PluginBase {
   public:
     static constexpr const char* kName = "GatedAttention";
-    static std::vector<std::pair<const char*, nvinfer1::PluginFieldType>> field_names() {
+    static FieldSpec field_names() {
         return {{"scale", nvinfer1::PluginFieldType::kFLOAT32},
                 {"causal", nvinfer1::PluginFieldType::kINT32},
                 {"has_bias", nvinfer1::PluginFieldType::kINT32},
@@ -23,9 +23,9 @@ class GatedAttentionPlugin : public PluginBase {
 
     explicit GatedAttentionPlugin(Fields f) : PluginBase(kName, std::move(f)) {
         scale_ = fields_.get_float("scale", -1.0f);
-        causal_ = fields_.get_int("causal", 0) != 0;
-        has_bias_ = fields_.get_int("has_bias", 0) != 0;
-        has_log_f_ = fields_.get_int("has_log_f", 0) != 0;
+        causal_ = flag("causal");
+        has_bias_ = flag("has_bias");
+        has_log_f_ = flag("has_log_f");
         if (!std::isfinite(scale_)) throw std::invalid_argument("attribute scale must be finite");
     }
 
@@ -104,6 +104,12 @@ class GatedAttentionPlugin : public PluginBase {
     }
 
   private:
+    bool flag(const char* name) const {
+        const int32_t v = fields_.get_int(name, 0);
+        if (v != 0 && v != 1)
+            throw std::invalid_argument(std::string("attribute ") + name + " must be 0 or 1, got " + std::to_string(v));
+        return v == 1;
+    }
     int32_t expected_inputs() const { return 3 + (has_bias_ ? 1 : 0) + (has_log_f_ ? 1 : 0); }
 
     float scale_ = -1.0f;

@@ -11,7 +11,7 @@ namespace {
 class LinearScanPlugin : public PluginBase {
   public:
     static constexpr const char* kName = "LinearScan";
-    static std::vector<std::pair<const char*, nvinfer1::PluginFieldType>> field_names() {
+    static FieldSpec field_names() {
         return {{"reverse", nvinfer1::PluginFieldType::kINT32}};
     }
 
