@@ -339,7 +339,7 @@ def build() -> None:
       edgeforge build merge out/* --out merged        # join CI jobs' outputs into one summary
 
     Exit codes: 0 every cell passed; 1 a cell failed, broke a budget, or (--check) drifted;
-    2 a bad build file.
+    2 a bad build file. Every option: `edgeforge build BUILD.yaml --help`.
     """
 
 
