@@ -16,7 +16,7 @@ DEMO_RECIPE ?= efficientformer_l1
 DEMO_OUT ?= artifacts/$(DEMO_RECIPE)
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: install demo test test-heavy clean plugins plugins-asan
+.PHONY: install demo test test-heavy clean plugins plugins-asan plugins-check
 
 install: $(VENV)/.installed
 
@@ -45,9 +45,18 @@ demo: install
 plugins: install
 	$(VENV)/bin/edgeforge plugins build
 
-# The CPU math cores under AddressSanitizer + UBSan (also run by tests/test_ops_native.py).
+# The CPU math cores under AddressSanitizer + UBSan, on every instruction-set path this CPU runs
+# (also run by tests/test_ops_native.py).
 plugins-asan: plugins
 	plugins/build/ef_core_asan
+
+# The native ops' own checks (all run by `make test` too): parity of every implementation on every
+# instruction-set path this CPU runs (EDGEFORGE_MAX_ISA=avx2|generic caps the path a process
+# loads), the ASan driver, typed custom nodes, the auto mode, and the TensorRT plugins' host-side
+# conformance harness (plain and under ASan; needs only TensorRT's headers).
+plugins-check: plugins
+	$(PY) -m pytest -q tests/test_ops_native.py tests/test_ops_linear_scan.py tests/test_ops_gated_attention.py \
+	  tests/test_ops_shapes.py tests/test_ops_auto.py tests/test_ops_trt_host.py
 
 test: install plugins
 	@# Headless Chromium for the HTML report test (best effort: only as root, only if absent).

@@ -31,6 +31,7 @@ from edgeforge.export.simplify import save_single_file, simplify
 from edgeforge.export.transforms import TransformRecord, apply_transforms_with_outputs
 from edgeforge.export.weights import load_pretrained, load_weights_strict, pretrained_identity, read_state_dict
 from edgeforge.models import build_model
+from edgeforge.ops import auto as custom_op_auto
 from edgeforge.ops import shapes as custom_op_shapes
 from edgeforge.recipes import Recipe, load
 from edgeforge.versions import toolchain_versions
@@ -117,7 +118,7 @@ def _count_onnx_nodes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], o
         warnings.simplefilter("ignore")
         torch.onnx.export(model, tuple(inputs.values()), buf, dynamo=False, opset_version=opset,
                           input_names=list(inputs), do_constant_folding=True,
-                          custom_opsets=ops.CUSTOM_OPSETS if custom_ops == "plugin" else None)
+                          custom_opsets=ops.CUSTOM_OPSETS if custom_ops in ("plugin", "auto") else None)
     m = onnx.load_from_string(buf.getvalue())
     return len(m.graph.node), graph_checks.operator_count(m)
 
@@ -159,21 +160,38 @@ def prepare_model(recipe: Recipe | str, weights: str | os.PathLike | None = None
 
 
 def resolve_custom_ops(mode: str | None, recipe: Recipe) -> str:
-    """`auto` means the default target's choice: the local default target is ONNX Runtime on the
-    CPU, which runs standard ops everywhere, so `decompose` (TensorRT targets ask for `plugin`)."""
+    """A recipe's `auto` (no --custom-ops given) means the default target's choice: the local
+    default target is ONNX Runtime on the CPU, which runs standard ops everywhere, so `decompose`
+    (TensorRT targets ask for `plugin`); artifacts then never need the native kernel library.
+    `--custom-ops auto` asks for the per-call choice (`edgeforge.ops.auto`): the kernel where it was
+    measured faster than the decomposition on this CPU class, the decomposition elsewhere, each
+    choice with its reason in the manifest (onnx.custom_op_choices)."""
+    if mode == "auto":
+        return "auto"
     mode = mode or recipe.spec.export.custom_ops
     return "decompose" if mode == "auto" else mode
 
 
-def _torch_export(prepared: PreparedModel, path: Path, opset: int, dynamic: bool, custom_ops: str) -> None:
+def _distinct_choices(choices: list) -> list[dict]:
+    """The auto mode's per-call choices, one entry per distinct (op, kind, size) with its count."""
+    out: dict[tuple, dict] = {}
+    for c in choices:
+        d = c.to_dict()
+        key = (d["op"], d["kind"], d["size"])
+        out.setdefault(key, {**d, "calls": 0})["calls"] += 1
+    return list(out.values())
+
+
+def _torch_export(prepared: PreparedModel, path: Path, opset: int, dynamic: bool, custom_ops: str,
+                  choices: list | None = None) -> None:
     names = list(prepared.inputs)
     dynamic_axes = {n: {0: "batch"} for n in names + prepared.output_names} if dynamic else None
-    with warnings.catch_warnings(), ops.export_mode(custom_ops), torch.no_grad():
+    with warnings.catch_warnings(), ops.export_mode(custom_ops, choices), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(prepared.model, tuple(prepared.inputs.values()), str(path), dynamo=False,
                           opset_version=opset, input_names=names, output_names=prepared.output_names,
                           dynamic_axes=dynamic_axes, do_constant_folding=True,
-                          custom_opsets=ops.CUSTOM_OPSETS if custom_ops == "plugin" else None)
+                          custom_opsets=ops.CUSTOM_OPSETS if custom_ops in ("plugin", "auto") else None)
 
 
 def _parity_feeds(prepared: PreparedModel, batches: list[int], num: int, seed: int):
@@ -223,6 +241,9 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
         raise BadInput(f"--weights {weights}: no such file")
     settings = {"recipe": recipe.to_dict() | {"source_file": None}, "weights_sha256": weights_sha,
                 "batch": batch, "opset": opset, "custom_ops": mode, "seed": seed}
+    if mode == "auto":  # the per-call choices depend on the CPU class the kernels run here
+        settings["custom_op_cpu_class"] = custom_op_auto.cpu_class()[0]
+    choices: list = []
     versions = toolchain_versions()
     inputs_hash = sha256_json({"settings": settings, "versions": versions})
     manifest = Manifest(out)
@@ -248,10 +269,10 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
     with atomic_path(onnx_path) as tmp:
         t0 = time.perf_counter()
         with status(f"exporting {recipe.name} to ONNX (opset {opset}, custom ops: {mode})"):
-            _torch_export(prepared, tmp, opset, batch == "dynamic", mode)
+            _torch_export(prepared, tmp, opset, batch == "dynamic", mode, choices)
         timings["torch_export_s"] = time.perf_counter() - t0
         raw = onnx.load(str(tmp))
-        if mode == "plugin":  # typed edgeforge:: outputs, so that onnxslim and other tools see the graph whole
+        if mode in ("plugin", "auto"):  # typed edgeforge:: outputs, so that onnxslim and other tools see the graph whole
             raw = custom_op_shapes.annotate(raw)
         nodes_raw = len(raw.graph.node)
         operators_raw = graph_checks.operator_count(raw)
@@ -306,7 +327,8 @@ def export_recipe(recipe: str | Recipe, out_dir: str | os.PathLike | None = None
                  "operators_raw": operators_raw,
                  "ops": graph_checks.op_histogram(final_model),
                  "gathers_over_initializers": len(graph_checks.gathers_over_initializers(final_model)),
-                 "simplify": slim.to_dict()},
+                 "simplify": slim.to_dict(),
+                 **({"custom_op_choices": _distinct_choices(choices)} if mode == "auto" else {})},
         "parity": parity.to_dict(),
         "toolchain": versions,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

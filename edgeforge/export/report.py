@@ -24,6 +24,9 @@ def print_export_summary(result, console: Console) -> None:
     if o.get("operators_before_transforms") is not None:
         t.add_row("operators (no Constant)", f"{o['operators_before_transforms']} before deploy transforms -> "
                                              f"{o['operators_raw']} after")
+    for c in o.get("custom_op_choices", []):
+        t.add_row(f"custom ops auto: {c['op']} {c['kind']} {c['size']}",
+                  f"{c['mode']} x{c['calls']} ({c['reason']})")
     s = o["simplify"]
     t.add_row("onnxslim", f"{'kept' if s['applied'] else 'not applied'}: {s['nodes_before']} -> "
                           f"{s['nodes_after']} nodes" + (f"; ORT {s['ort_ms_before']:.2f} -> {s['ort_ms_after']:.2f} ms"

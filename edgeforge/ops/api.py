@@ -5,7 +5,10 @@ Eager calls run the torch reference (differentiable). While `torch.onnx.export` 
 through an `autograd.Function` whose `symbolic` emits, depending on `export_mode`:
   "plugin":    one `edgeforge::LinearScan` / `edgeforge::GatedAttention` node with the attributes of
                `edgeforge.ops.schema` (TensorRT's parser finds the plugin by them);
-  "decompose": standard ONNX ops only (`edgeforge.ops.decompose`, same code the benchmark times).
+  "decompose": standard ONNX ops only (`edgeforge.ops.decompose`, same code the benchmark times);
+  "auto":      per call, the node where the native kernel was measured faster than the
+               decomposition on this CPU class, the decomposition elsewhere (`edgeforge.ops.auto`);
+               each choice and its reason goes to the `choices` list given to `export_mode`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import numpy as np
 import torch
 from torch.onnx import symbolic_helper
 
-from edgeforge.ops import decompose, reference, schema
+from edgeforge.ops import auto, decompose, reference, schema
 from edgeforge.ops.checks import OpInputError, check_gated_attention, check_linear_scan
 
 _state = threading.local()
-MODES = ("plugin", "decompose")
+MODES = ("plugin", "decompose", "auto")
 
 
 def current_mode() -> str:
@@ -32,16 +35,31 @@ def current_mode() -> str:
 
 
 @contextlib.contextmanager
-def export_mode(mode: str) -> Iterator[None]:
-    """Within this block, ONNX exports emit custom nodes ("plugin") or standard ops ("decompose")."""
+def export_mode(mode: str, choices: list | None = None) -> Iterator[None]:
+    """Within this block, ONNX exports emit custom nodes ("plugin"), standard ops ("decompose"), or
+    either per call ("auto"); `choices` (a list) receives an `auto.Choice` per call in auto mode."""
     if mode not in MODES:
         raise OpInputError(f"custom-op mode must be one of {MODES}, got {mode!r}")
-    prev = current_mode()
+    prev, prev_choices = current_mode(), getattr(_state, "choices", None)
     _state.mode = mode
+    _state.choices = choices if choices is not None else []
     try:
         yield
     finally:
         _state.mode = prev
+        _state.choices = prev_choices
+
+
+def _call_mode(op: str, kind: str, size: int) -> str:
+    """"plugin" or "decompose" for one call under the mode in force (auto decides per call)."""
+    mode = current_mode()
+    if mode != "auto":
+        return mode
+    choice = auto.choose(op, kind, size)
+    choices = getattr(_state, "choices", None)
+    if choices is not None:
+        choices.append(choice)
+    return choice.mode
 
 
 # --------------------------------------------------------------------------- symbolic helpers
@@ -110,7 +128,7 @@ class LinearScanFn(torch.autograd.Function):
     @staticmethod
     def symbolic(g, a, b, h0, reverse: bool):
         B, T, C = _static_sizes(a, "LinearScan", "a (B, T, C)")
-        if current_mode() == "plugin":
+        if _call_mode(schema.LINEAR_SCAN, "scan", T) == "plugin":
             ins = [a, b] + ([h0] if h0 is not None and not symbolic_helper._is_none(h0) else [])
             h, last = _custom(g, schema.LINEAR_SCAN, ins, 2, schema.linear_scan_attrs(reverse))
             h.setType(a.type())
@@ -154,7 +172,8 @@ class GatedAttentionFn(torch.autograd.Function):
         B, H, N, D = _static_sizes(q, "GatedAttention", "q (B, H, N, D)")
         M = _static_sizes(k, "GatedAttention", "k (B, H, M, D)")[2]
         Dv = _static_sizes(v, "GatedAttention", "v (B, H, M, Dv)")[3]
-        if current_mode() == "plugin":
+        kind = "log_f" if log_f is not None else ("bias" if bias is not None else "plain")
+        if _call_mode(schema.GATED_ATTENTION, kind, N) == "plugin":
             ins = [q, k, v] + [x for x in (bias, log_f) if x is not None]
             o = _custom(g, schema.GATED_ATTENTION, ins, 1,
                         schema.gated_attention_attrs(scale, causal, bias is not None, log_f is not None))

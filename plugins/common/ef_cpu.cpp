@@ -30,11 +30,11 @@ bool always() { return true; }
 #if defined(__x86_64__) || defined(__i386__)
 // __builtin_cpu_supports also checks that the OS saves the vector registers (XGETBV), so a CPU
 // with AVX-512 under a kernel that disabled it reads as without.
-bool has_avx2() {
+[[maybe_unused]] bool has_avx2() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
-bool has_avx512() {
+[[maybe_unused]] bool has_avx512() {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
