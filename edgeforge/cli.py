@@ -374,12 +374,15 @@ def build_run(build_file, out, jobs, force, no_cache, check, list_jobs, fmt, job
     if check:
         from edgeforge.build.run import check as check_build
 
-        drifts = check_build(b, out, jobs, console=console)
-        if drifts:
-            for d in drifts:
-                err_console.print(f"[red]drift[/] {d['file']} (step {d['step']}): recorded "
-                                  f"{d['recorded'][:16]}, rebuilt {d['rebuilt'][:16]}", highlight=False)
-            raise CheckFailed(f"{len(drifts)} file(s) differ when rebuilt from unchanged inputs; see {out}/check.json")
+        drifts, failed = check_build(b, out, jobs, console=console)
+        for d in drifts:
+            err_console.print(f"[red]drift[/] {d['file']} (step {d['step']}): recorded "
+                              f"{d['recorded'][:16]}, rebuilt {d['rebuilt'][:16]}", highlight=False)
+        for f in failed:
+            err_console.print(f"[red]rebuild failed[/] {f['id']}: {f['error']}", highlight=False)
+        if drifts or failed:
+            raise CheckFailed(f"{len(drifts)} file(s) differ when rebuilt from unchanged inputs, {len(failed)} cell(s) "
+                              f"could not be rebuilt; see {out}/check.json")
         console.print(f"check: every artifact of {len(b.cells)} cells rebuilt with identical bytes")
         return
     if job is not None:

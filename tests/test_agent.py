@@ -224,6 +224,24 @@ def test_agent_killed_mid_benchmark_gives_a_clear_error(tmp_path, tiny_art):  # 
         a.stop()
 
 
+def test_delete_during_a_benchmark_waits_for_it(agent, tiny_art):  # noqa: F811
+    status, body = _upload(agent, (tiny_art / "fp32" / "model.onnx").read_bytes())
+    mid = body["model_id"]
+    out = {}
+
+    def bench():
+        out["bench"] = _http(agent.url, "POST", f"/v1/models/{mid}/bench",
+                             json.dumps({"warmup": 0, "iterations": 5, "min_time_s": 1.5}).encode(), _auth(agent))
+
+    t = threading.Thread(target=bench)
+    t.start()
+    time.sleep(0.5)
+    status, body = _http(agent.url, "DELETE", f"/v1/models/{mid}", headers=_auth(agent))
+    t.join()
+    assert status == 200 and out["bench"][0] == 200 and len(out["bench"][1]["samples_ms"]) >= 5
+    assert agent.model_folders() == []
+
+
 def test_models_expire_with_their_files(tmp_path, tiny_art):  # noqa: F811
     a = AgentProcess(tmp_path, "--model-ttl", "1")
     try:

@@ -178,7 +178,10 @@ def test_check_rebuilds_and_names_the_file_and_step_that_drifted(built, tmp_path
     mpath.write_text(json.dumps(m))
     proc = _cli("build", bf, "--out", copy, "--check", "-j", "2")
     assert proc.returncode == 1, proc.stderr[-2000:]
-    drifts = json.loads((copy / "check.json").read_text())["drifts"]
+    check = json.loads((copy / "check.json").read_text())
+    assert [f["id"] for f in check["failed"]] == [FAIL]  # the cell with no calibration set cannot rebuild
+    assert f"rebuild failed {FAIL}" in proc.stderr.replace("\n", " ")
+    drifts = check["drifts"]
     assert drifts == [{"file": "artifacts/digits/int8-minmax/model.onnx", "step": "int8-minmax",
                        "recorded": "0" * 64, "rebuilt": sha256_file(out / "artifacts/digits/int8-minmax/model.onnx")}]
     assert "artifacts/digits/int8-minmax/model.onnx (step int8-minmax)" in proc.stderr.replace("\n", " ")

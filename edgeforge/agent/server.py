@@ -208,6 +208,7 @@ class Model:
     last_used: float = field(default_factory=time.monotonic)
     feed: dict | None = None
     ran: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while it runs; drop waits for it
 
 
 class Slot:
@@ -266,25 +267,44 @@ class Agent:
 
     # -- lifecycle
     def expire(self) -> list[str]:
+        """Drop models unused for longer than the TTL (never one that is running)."""
         now = time.monotonic()
         with self.lock:
             old = [m for m in self.models.values() if now - m.last_used > self.model_ttl_s]
-        return [m.id for m in old if self.drop(m.id)]
+        dropped = []
+        for m in old:
+            if m.lock.acquire(blocking=False):
+                m.lock.release()
+                if self.drop(m.id, wait=False):
+                    dropped.append(m.id)
+        return dropped
 
-    def drop(self, model_id: str) -> bool:
+    def drop(self, model_id: str, wait: bool = True) -> bool:
+        """Remove a model and its folder; waits for a run on it to end (`wait`), else skips a busy one."""
         with self.lock:
-            m = self.models.pop(model_id, None)
+            m = self.models.get(model_id)
         if m is None:
             return False
+        if not m.lock.acquire(blocking=wait):
+            return False
         try:
-            m.runner.deactivate()
+            with self.lock:
+                if self.models.get(model_id) is not m:
+                    return False
+                del self.models[model_id]
+            try:
+                m.runner.deactivate()
+            finally:
+                shutil.rmtree(m.folder, ignore_errors=True)
         finally:
-            shutil.rmtree(m.folder, ignore_errors=True)
+            m.lock.release()
         return True
 
     def close(self) -> None:
         for mid in list(self.models):
-            self.drop(mid)
+            self.drop(mid, wait=False)
+        for m in list(self.models.values()):  # still running at shutdown: free it anyway
+            m.runner.deactivate()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def info(self) -> dict:
@@ -341,6 +361,15 @@ class Agent:
         return m
 
     def infer(self, m: Model, feed: dict) -> dict:
+        with m.lock:
+            try:
+                return self._infer(m, feed)
+            finally:
+                m.last_used = time.monotonic()
+
+    def _infer(self, m: Model, feed: dict) -> dict:
+        if m.id not in self.models:
+            raise HttpError(404, f"model {m.id!r} was deleted")
         try:
             out = m.runner.infer(feed)
         except Exception as e:  # noqa: BLE001
@@ -349,6 +378,15 @@ class Agent:
         return out
 
     def bench(self, m: Model, s: dict, gone) -> dict:
+        with m.lock:
+            if m.id not in self.models:
+                raise HttpError(404, f"model {m.id!r} was deleted")
+            try:
+                return self._bench(m, s, gone)
+            finally:
+                m.last_used = time.monotonic()
+
+    def _bench(self, m: Model, s: dict, gone) -> dict:
         from edgeforge.bench.inputs import make_feed
         from edgeforge.bench.memory import PeakMemory
 

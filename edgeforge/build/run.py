@@ -394,16 +394,19 @@ def model_files(dist: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ --check
-def check(build: Build, out: str | os.PathLike, jobs: int = 1, console=None) -> list[dict]:
+def check(build: Build, out: str | os.PathLike, jobs: int = 1, console=None) -> tuple[list[dict], list[dict]]:
     """Rebuild every cell's artifacts from scratch (export, quantize, compile; no bench) in
-    OUT/check/ and compare each file with the one the build recorded. Returns the drifts:
-    [{file, step, recorded, rebuilt}] (empty: the build is reproducible)."""
+    OUT/check/ and compare each file with the one the build recorded. Returns (drifts, failed):
+    drifts [{file, step, recorded, rebuilt}] and the cells whose rebuild failed ({id, error});
+    both empty: the build is reproducible."""
     out = Path(out)
     if not (out / "cells").is_dir():
         raise BadInput(f"{out}: no build here to check; run `edgeforge build {build.path} --out {out}` first")
     scratch = out / "check"
     shutil.rmtree(scratch, ignore_errors=True)
-    run_build(build, scratch, jobs=jobs, force=True, bench=False, use_cache=False, console=console, summary=False)
+    rebuilt = run_build(build, scratch, jobs=jobs, force=True, bench=False, use_cache=False, console=console,
+                        summary=False)
+    failed = [{"id": r["id"], "error": r.get("error")} for r in rebuilt if r["status"] == "failed"]
     drifts = []
     for cell in build.cells:
         art_old, art_new = out / "artifacts" / cell.recipe_id, scratch / "artifacts" / cell.recipe_id
@@ -426,8 +429,8 @@ def check(build: Build, out: str | os.PathLike, jobs: int = 1, console=None) -> 
                          "recorded": digest, "rebuilt": new}
                     if d not in drifts:
                         drifts.append(d)
-    write_json_atomic(out / "check.json", {"drifts": drifts, "ok": not drifts})
-    return drifts
+    write_json_atomic(out / "check.json", {"drifts": drifts, "failed": failed, "ok": not drifts and not failed})
+    return drifts, failed
 
 
 def exit_code(results: Sequence[dict]) -> int:
