@@ -14,8 +14,10 @@ namespace EF_ISA_NS {
 // lane-by-lane code (a third of a GatedAttention call at N = 49), so each path uses its width.
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;
-#else
+#elif defined(__AVX2__)
 constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;  // SSE2 / NEON registers
 #endif
 typedef int32_t IV __attribute__((vector_size(4 * kLanes)));
 typedef uint32_t UV __attribute__((vector_size(4 * kLanes)));

@@ -25,8 +25,8 @@ constexpr int64_t kMaxKeys = 1024;
 // pipes needs >= 8 independent accumulators to keep the pipes full. AVX-512 has 32 registers of
 // 16 floats: 8 rows x 2 vectors (16 accumulators). AVX2 has 16 registers of 8 floats: 6 rows x 2
 // vectors of 8 (12 accumulators + 2 key/value loads + 1 broadcast = 15 registers; the classic
-// 6 x 16 SGEMM micro-tile), both for the logits and for the accumulation. Generic (SSE2, NEON):
-// 4 rows x 2 vectors of 8.
+// 6 x 16 SGEMM micro-tile), both for the logits and for the accumulation. Generic: vectors of 4
+// (one SSE2 / NEON register), 3 rows (SSE2, 16 registers) or 6 rows (NEON, 32) x 4 vectors.
 #if defined(__AVX512F__)
 using Vt = F16;
 constexpr int kGroup = 8;       // rows per logits register tile
@@ -37,11 +37,16 @@ using Vt = F8;
 constexpr int kGroup = 6;
 constexpr int kAccGroup = 6;
 constexpr int kChunks = 2;
+#elif defined(__aarch64__)
+using Vt = F4;                  // NEON: 32 registers of 4 floats: 6 rows x 4 vectors (24 accumulators)
+constexpr int kGroup = 6;
+constexpr int kAccGroup = 6;
+constexpr int kChunks = 4;
 #else
-using Vt = F8;
-constexpr int kGroup = 4;
-constexpr int kAccGroup = 4;
-constexpr int kChunks = 2;
+using Vt = F4;                  // SSE2 and others: 16 registers of 4 floats: 3 rows x 4 vectors
+constexpr int kGroup = 3;
+constexpr int kAccGroup = 3;
+constexpr int kChunks = 4;
 #endif
 constexpr int64_t kW = VecOps<Vt>::W;
 constexpr int64_t kChunk = kW * kChunks;  // keys per packed panel and per whole logits tile
@@ -78,6 +83,11 @@ struct LaneInts<F16> {
     using U = U16;
 };
 template <>
+struct LaneInts<F4> {
+    typedef int32_t I __attribute__((vector_size(16)));
+    typedef uint32_t U __attribute__((vector_size(16)));
+};
+template <>
 struct LaneInts<F8> {
     typedef int32_t I __attribute__((vector_size(32)));
     typedef uint32_t U __attribute__((vector_size(32)));
@@ -102,6 +112,17 @@ inline F8 fold8(const F8& a, int step) {
         case 2: return __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5);
         default: return __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
     }
+}
+inline F4 fold4(const F4& a, int step) {
+    return step == 2 ? __builtin_shufflevector(a, a, 2, 3, 0, 1) : __builtin_shufflevector(a, a, 1, 0, 3, 2);
+}
+inline float reduce_max(F4 a) {
+    for (int step = 2; step >= 1; step /= 2) a = vmax(a, fold4(a, step));
+    return a[0];
+}
+inline float reduce_add(F4 a) {
+    for (int step = 2; step >= 1; step /= 2) a += fold4(a, step);
+    return a[0];
 }
 inline float reduce_max(F8 a) {
     for (int step = 4; step >= 1; step /= 2) a = vmax(a, fold8(a, step));
