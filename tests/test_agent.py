@@ -87,6 +87,47 @@ def test_bench_through_the_agent_gives_a_local_bench_report(agent, tiny_art, tmp
     assert agent.model_folders() == []  # the bench deleted its models
 
 
+def _bench_cli(art, agent, *extra, iterations=20, min_time=0.0):
+    env = {**os.environ, "EDGEFORGE_AGENT_TOKEN_FILE": str(agent.token_file), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edgeforge.cli", "bench", str(art), "--target", "rpi5-ort",
+                             "--device", agent.url, "--iterations", str(iterations), "--min-time", str(min_time),
+                             "--warmup", "1", "--block-size", "5", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_bench_commands_each_get_their_own_report(agent, tiny_art, tmp_path):  # noqa: F811
+    """Three `edgeforge bench --device` processes at once on one agent: queued one run at a time,
+    each report is its own (its artifact, its iteration count), and no model is left behind."""
+    import shutil
+
+    arts = [shutil.copytree(tiny_art, tmp_path / f"art{i}") for i in range(3)]
+    procs = [_bench_cli(art, agent, "--precision", prec, iterations=10 + 10 * i)
+             for i, (art, prec) in enumerate(zip(arts, ("fp32", "int8-ort", "fp32")))]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    for i, (art, prec) in enumerate(zip(arts, ("fp32", "int8-ort", "fp32"))):
+        r = json.loads((art / "reports" / f"rpi5-ort-{prec}.json").read_text())
+        assert r["status"] == "measured" and r["latency"]["iterations"] == 10 + 10 * i
+        assert r["model"]["artifact"].endswith(f"art{i}") and r["model"]["precision"] == prec
+    assert agent.model_folders() == []
+
+
+def test_bench_command_against_an_agent_killed_mid_run_says_so(agent, tiny_art, tmp_path):  # noqa: F811
+    import shutil
+
+    art = shutil.copytree(tiny_art, tmp_path / "art")
+    p = _bench_cli(art, agent, "--no-baseline", iterations=10, min_time=60)
+    t0 = time.monotonic()
+    while "busy\": true" not in json.dumps(_http(agent.url, "GET", "/v1/info")[1]) and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(agent.pid, signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert "closed the connection" in err and "killed mid-run" in err
+
+
 def test_token_required_and_compared(agent, tiny_art):  # noqa: F811
     assert _http(agent.url, "GET", "/v1/info")[0] == 200  # the only open endpoint
     model = (tiny_art / "fp32" / "model.onnx").read_bytes()
@@ -307,7 +348,9 @@ def test_load_of_mixed_requests_from_four_clients(agent, tiny_art):  # noqa: F81
     assert not failures, failures[:5]
     assert _http(agent.url, "DELETE", f"/v1/models/{shared}", headers=_auth(agent))[0] == 200
     assert agent.model_folders() == []
-    assert agent.rss_mb() - rss0 < 64
+    growth = agent.rss_mb() - rss0
+    print(f"agent RSS {rss0:.1f} MiB -> +{growth:.1f} MiB after 200 mixed requests")  # shown with pytest -s
+    assert growth < 64
 
 
 def test_agent_modules_import_without_torch():

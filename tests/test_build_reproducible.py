@@ -19,8 +19,9 @@ from onnx import TensorProto, helper
 from edgeforge.artifacts import Manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every family's smallest variant (with its trained fixture weights where one exists);
-# `pretrained` is left out: its weights come from a registry package (tests/test_pretrained.py).
+# Every family's smallest variant (with its trained fixture weights where one exists; the
+# pretrained family's weights come from a registry package, fetched once into the cache as in
+# tests/test_pretrained.py).
 FAMILIES = [
     (str(ROOT / "fixtures" / "efficientformer_v2_digits.yaml"), "fixtures/efficientformer_v2_digits.pt"),
     ("fmvit_tiny", "fixtures/fmvit_tiny.pt"),
@@ -28,6 +29,7 @@ FAMILIES = [
     ("sit_tiny", "fixtures/sit_tiny.pt"),
     ("trecvit_tiny", "fixtures/trecvit_tiny.pt"),
     ("token_filter_tiny", None),
+    ("pretrained_mobilenetv2", None),
 ]
 
 _EXPORT_ALL = textwrap.dedent("""

@@ -44,7 +44,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeforge.errors import BadInput, NotAvailable
+from edgeforge.errors import BadInput, EdgeforgeError, NotAvailable
 from edgeforge.runtimes.base import Runner, RunnerInfo, TensorSpec
 
 API = "/v1"
@@ -66,8 +66,8 @@ def agent_token(token: str | None = None) -> str | None:
     return None
 
 
-class AgentError(RuntimeError):
-    """The agent answered with an error status."""
+class AgentError(EdgeforgeError, RuntimeError):
+    """The agent answered with an error status, or dropped the connection mid-request (exit 2)."""
 
 
 def _request(url: str, method: str = "GET", data: bytes | None = None, headers: Mapping[str, str] | None = None,
