@@ -163,11 +163,14 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
               help="How weights avoid saturating int16 pairs: pairs (per-channel scale search, only offending "
                    "pairs pulled in), reduce-range (7-bit weights, as ORT/NNCF), none. auto: pairs where the "
                    "accumulation is int16-pairs, else none.")
+@click.option("--no-bias-correction", is_flag=True,
+              help="Keep the float biases as they are (default: each Conv/Gemm bias absorbs the mean output "
+                   "shift its weight rounding causes, from the calibration samples).")
 @click.option("--no-analysis", is_flag=True, help="Skip the per-layer error analysis.")
 @click.option("--no-sim", is_flag=True, help="Skip the torch-simulation vs ONNX Runtime agreement check.")
 @click.option("--force", is_flag=True, help="Quantize even if the inputs have not changed.")
 def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, act_scheme, norm_inputs,
-             int8_accumulation, overflow_fix, no_analysis, no_sim, force) -> None:
+             int8_accumulation, overflow_fix, no_bias_correction, no_analysis, no_sim, force) -> None:
     """Post-training INT8 quantization of an exported artifact with a calibration set.
 
     Writes ARTIFACT/int8-<method>/model.onnx (QDQ) and quant.json (every quantizer, the
@@ -182,6 +185,7 @@ def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, ac
                                num_samples=num_samples, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                                act_scheme=act_scheme, analyze=not no_analysis, simulate=not no_sim, force=force,
                                int8_accumulation=int8_accumulation, overflow_fix=overflow_fix,
+                               bias_correction=not no_bias_correction,
                                argv=sys.argv, console=console)
     print_quant_summary(result, console)
 

@@ -78,12 +78,14 @@ def progress(description: str, total: int, console=None, enabled: bool = True):
 
 def observe(model: onnx.ModelProto, x: np.ndarray, observers: dict[str, Observer],
             console=None, show_progress: bool = True, desc: str = "calibrating",
-            keep: Callable[[str], bool] | None = None) -> dict[str, list[np.ndarray]]:
-    """Run every sample of `x` (N, ...) through `model`, updating `observers[tensor]`.
+            keep: Callable[[str], bool] | None = None,
+            means: dict[str, np.ndarray | None] | None = None) -> dict[str, list[np.ndarray]]:
+    """Run every sample of `x` (N, ...) through `model`, updating `observers[tensor]`, and (where
+    `means` names tensors) their mean over the samples (float64, in place, for bias correction).
 
     Returns the values of tensors for which `keep(tensor)` is true (for analysis), per sample.
     """
-    names = list(observers)
+    names = list(dict.fromkeys([*observers, *(means or {})]))
     aug = with_outputs(model, names)
     sess = session(aug)
     inp = input_name(model)
@@ -95,6 +97,9 @@ def observe(model: onnx.ModelProto, x: np.ndarray, observers: dict[str, Observer
             for name, val in zip(out_names, outs):
                 if name in observers:
                     observers[name].update(val)
+                if means is not None and name in means:
+                    v = np.asarray(val, np.float64) / len(x)
+                    means[name] = v if means[name] is None else means[name] + v
                 if keep is not None and keep(name):
                     kept.setdefault(name, []).append(val)
             advance()

@@ -22,7 +22,8 @@ from edgeforge.quant.calibrate import observe
 from edgeforge.quant.observers import METHODS, Observer, observer_for, weight_params
 from edgeforge.quant.overflow import Layer, make_safe, max_activation_code
 from edgeforge.quant.qdq import build_qdq
-from edgeforge.quant.quantizers import QParams, fit_inside
+from edgeforge.quant.bias_correction import layer_shift
+from edgeforge.quant.quantizers import QParams, dequantize, fit_inside, weight_codes
 from edgeforge.quant.scheme import Scheme, convert_for_target
 
 
@@ -35,6 +36,7 @@ class QuantizedOnnx:
     weight_q: dict[str, QParams]
     graph_passes: dict
     timings: dict = field(default_factory=dict)
+    bias_shift: dict = field(default_factory=dict)  # layer -> mean output shift corrected in its bias
 
     def quantizers_json(self) -> dict:
         acts = {t: {**qp.to_json(), "roles": sorted(self.plan.acts[t].roles)} for t, qp in self.act_q.items()}
@@ -82,9 +84,29 @@ def kernel_layer(node: onnx.NodeProto, w: np.ndarray) -> Layer | None:
     return None
 
 
+def weight_shift(node: onnx.NodeProto, w: np.ndarray, qp: QParams, x_mean: np.ndarray | None) -> np.ndarray | None:
+    """The mean output shift rounding `node`'s weight causes (None where it is not computed here:
+    no mean input, explicit auto_pad, a weight layout other than Conv/Gemm)."""
+    if x_mean is None:
+        return None
+    dw = dequantize(weight_codes(w, qp), qp).astype(np.float64) - w.astype(np.float64)
+    attr = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        if attr.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            return None
+        nd = w.ndim - 2
+        pads = list(attr.get("pads", [0] * (2 * nd)))
+        xm = np.pad(x_mean, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
+        return layer_shift(xm, dw, "conv", attr.get("strides"), None, attr.get("dilations"), attr.get("group", 1))
+    if node.op_type == "Gemm" and w.ndim == 2:
+        return layer_shift(x_mean, dw, "linear", trans_b=bool(attr.get("transB", 0)))
+    return None
+
+
 def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Scheme,
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
-                  percentile: float = 99.99, console=None, show_progress: bool = True) -> QuantizedOnnx:
+                  percentile: float = 99.99, console=None, show_progress: bool = True,
+                  bias_correction: bool = True) -> QuantizedOnnx:
     """Quantize `model` with calibration samples `x` (N, ...) by observer `method`."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
@@ -95,8 +117,12 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     idx = placement.GraphIndex(prepared)
     observers = {t: Observer(observer_for(method, idx.producer[t].op_type if t in idx.producer else None),
                              percentile=percentile) for t in plan.acts}
+    nodes = {n.name: n for n in prepared.graph.node}
+    # bias correction needs each corrected layer's mean input (see bias_correction.py)
+    corrected = [ws for ws in plan.weights if bias_correction and ws.bias is not None]
+    means: dict[str, np.ndarray | None] = {nodes[ws.node].input[0]: None for ws in corrected}
     observe(prepared, x, observers, console=console, show_progress=show_progress,
-            desc=f"calibrating ({method}, {len(x)} samples)")
+            desc=f"calibrating ({method}, {len(x)} samples)", means=means)
     t_cal = time.perf_counter()
     act_q = {}
     for t, ob in observers.items():
@@ -108,7 +134,6 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     # few levels on outliers). `weight_observer` overrides.
     wobs = weight_observer or ("mse" if method == "mse" or scheme.weight_bits < 8 else "minmax")
     weight_q = {}
-    nodes = {n.name: n for n in prepared.graph.node}
     for ws in plan.weights:
         w = idx.init_array(ws.initializer)
         axis = ws.axis if scheme.weight_per_channel else None
@@ -118,9 +143,15 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
             if layer is not None:  # the torch simulation applies the same fix to the same weights
                 qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), ws.axis)
         weight_q[ws.initializer] = qp
+    shifts = {}
+    for ws in corrected:
+        node = nodes[ws.node]
+        shift = weight_shift(node, idx.init_array(ws.initializer), weight_q[ws.initializer], means[node.input[0]])
+        if shift is not None:
+            shifts[ws.node] = shift
     t_w = time.perf_counter()
-    qmodel = build_qdq(prepared, plan, act_q, weight_q)
+    qmodel = build_qdq(prepared, plan, act_q, weight_q, bias_shift=shifts)
     t_end = time.perf_counter()
     timings = {"plan_s": t_plan - t0, "calibrate_s": t_cal - t_plan, "weights_s": t_w - t_cal,
                "write_s": t_end - t_w, "total_s": t_end - t0}
-    return QuantizedOnnx(qmodel, prepared, plan, act_q, weight_q, passes, timings)
+    return QuantizedOnnx(qmodel, prepared, plan, act_q, weight_q, passes, timings, shifts)

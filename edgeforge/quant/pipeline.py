@@ -20,7 +20,7 @@ from edgeforge.errors import BadInput
 from edgeforge.quant.scheme import BITS, resolve
 
 METHODS = ("minmax", "percentile", "mse", "entropy", "ort")
-QUANT_VERSION = 5  # bump when the placement/calibration/simulation changes what a run produces
+QUANT_VERSION = 6  # bump when the placement/calibration/simulation changes what a run produces
 
 
 @dataclass
@@ -186,7 +186,7 @@ def torch_model_for(exp: dict):
 
 def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bits: str, target: str,
                   keep_fp: list[str], norm_inputs: bool, act_scheme: str, int8_accumulation: str | None = None,
-                  overflow_fix: str = "auto") -> dict:
+                  overflow_fix: str = "auto", bias_correction: bool = True) -> dict:
     """Top-1 agreement between the torch simulation (`torch_sim.quantize`, same calibration
     samples, method and scheme) and ONNX Runtime running the QDQ model, on the eval split."""
     import torch
@@ -208,7 +208,8 @@ def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bit
     try:
         sim = torch_quantize(model, data.x, method, bits, target, keep_fp=keep_fp, norm_inputs=norm_inputs,
                              act_scheme=act_scheme,
-                             int8_accumulation=int8_accumulation, overflow_fix=overflow_fix)
+                             int8_accumulation=int8_accumulation, overflow_fix=overflow_fix,
+                             bias_correction=bias_correction)
     except EdgeforgeError as e:
         return {"torch_sim": f"not run: {e}"}
     except Exception as e:  # noqa: BLE001
@@ -239,6 +240,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
                       keep_fp: list[str] = (), norm_inputs: bool = False, act_scheme: str = "auto",
                       analyze: bool = True, simulate: bool = True, force: bool = False,
                       int8_accumulation: str | None = None, overflow_fix: str = "auto",
+                      bias_correction: bool = True,
                       argv: list[str] | None = None, console=None, show_progress: bool = True) -> QuantResult:
     """Quantize ARTIFACT/fp32/model.onnx; see the module docstring."""
     from edgeforge.data.calib import load_calib
@@ -274,7 +276,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     scheme_key = {k: v for k, v in scheme.to_json().items() if k != "accumulation_reason"}
     settings = {"method": method, "bits": bits, "scheme": scheme_key, "calib_hash": data.hash,
                 "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
-                "analyze": analyze, "simulate": simulate, "version": QUANT_VERSION}
+                "analyze": analyze, "simulate": simulate, "bias_correction": bias_correction,
+                "version": QUANT_VERSION}
     import onnxruntime
 
     versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
@@ -300,7 +303,9 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         from edgeforge.quant.engine import quantize_onnx
 
         q = quantize_onnx(model, data.x, method, scheme, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
-                          console=console, show_progress=show_progress)
+                          console=console, show_progress=show_progress, bias_correction=bias_correction)
+        report["bias_correction"] = {"layers": len(q.bias_shift), "mean_abs_shift": round(float(np.mean(
+            [np.abs(v).mean() for v in q.bias_shift.values()])), 6) if q.bias_shift else None}
         qmodel, prepared = q.model, q.prepared
         report["graph_passes"] = q.graph_passes
         report["placement"] = q.plan.summary()
@@ -321,7 +326,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         t1 = time.perf_counter()
         report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
                                                 list(keep_fp), norm_inputs, act_scheme,
-                                                scheme.int8_accumulation, scheme.overflow_fix))
+                                                scheme.int8_accumulation, scheme.overflow_fix, bias_correction))
         report["timings_s"]["torch_sim_s"] = round(time.perf_counter() - t1, 3)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(onnx_path) as tmp:

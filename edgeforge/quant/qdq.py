@@ -93,8 +93,10 @@ class Names:
 
 
 def build_qdq(model: onnx.ModelProto, plan: Plan, act_q: dict[str, QParams],
-              weight_q: dict[str, QParams], min_opset: int = 13) -> onnx.ModelProto:
-    """Return a new model with QDQ inserted per `plan` (act_q by tensor, weight_q by initializer)."""
+              weight_q: dict[str, QParams], min_opset: int = 13,
+              bias_shift: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Return a new model with QDQ inserted per `plan` (act_q by tensor, weight_q by initializer;
+    `bias_shift`: per layer, the bias correction its int32 bias absorbs)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _raise_opset(m, min_opset)
@@ -173,7 +175,8 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, act_q: dict[str, QParams],
         bias = idx.init_array(ws.bias)
         if not _int32_bias_fits(bias, qp):
             continue  # a broadcast Gemm C (e.g. (1, N)) stays float: DequantizeLinear needs 1-D per axis
-        bq, bscale = quantize_bias(bias, float(act_q[ws.act_input].scale), qp.scale)
+        bq, bscale = quantize_bias(bias, float(act_q[ws.act_input].scale), qp.scale,
+                                   (bias_shift or {}).get(ws.node))
         bb = names.base(f"{ws.node or node.op_type}_bias",
                         ("_quantized", "_scale", "_zero_point", "_dequantized", "_DequantizeLinear"))
         init(bq, f"{bb}_quantized")

@@ -158,15 +158,22 @@ def fake_quant(x: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- logarithmic
-def quantize_bias(b: np.ndarray, input_scale: float, weight_scale) -> tuple[np.ndarray, np.ndarray]:
+def quantize_bias(b: np.ndarray, input_scale: float, weight_scale, shift: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """A Conv/Gemm bias as the int32 QLinearConv/QGemm expect: (integers, scale) with scale
-    s_in * s_w per output channel and zero-point 0. Shared by the QDQ export and the torch
-    simulation, so that both hold the same integers."""
+    s_in * s_w per output channel and zero-point 0, less the bias correction `shift` (float, per
+    channel) in whole steps of `bias_correction.SNAP` levels. Shared by the QDQ export and the
+    torch simulation, so that both hold the same integers."""
     b = np.asarray(b, np.float64)
     bscale = (float(input_scale) * np.asarray(weight_scale, np.float64)).reshape(-1)
     if bscale.size == 1:
         bscale = np.full(b.shape, bscale[0])
-    bq = np.clip(np.rint(b / bscale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    bq = np.rint(b / bscale)
+    if shift is not None:
+        from edgeforge.quant.bias_correction import snapped_levels
+
+        bq = bq - snapped_levels(shift, bscale)
+    bq = np.clip(bq, -2 ** 31, 2 ** 31 - 1).astype(np.int32)
     return bq, bscale.astype(np.float32)
 
 

@@ -93,6 +93,10 @@ class QuantWeight(nn.Module):
         self.register_buffer("wq", w, persistent=False)
         self.bq: torch.Tensor | None = None
         self.bias_int: np.ndarray | None = None  # the int32 values the QDQ model stores
+        self.correct_bias = True
+        self.collecting = False  # during calibration: sum the inputs (mean input map)
+        self.x_sum: torch.Tensor | None = None
+        self.x_count = 0
 
     # A parent that reads `self.conv.weight` in its own forward (or a tied layer) still finds the
     # float parameters: without these, swapping the layer for its QuantWeight broke that read
@@ -105,17 +109,43 @@ class QuantWeight(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.inner.bias
 
+    def collect_input(self, x: torch.Tensor) -> None:
+        """Add a calibration batch to the mean input map (for bias correction)."""
+        s = x.detach().double().sum(dim=0, keepdim=True)
+        self.x_sum = s if self.x_sum is None else self.x_sum + s
+        self.x_count += x.shape[0]
+
+    def bias_shift(self) -> np.ndarray | None:
+        """The mean output shift its weight rounding causes (bias_correction.py), as the ONNX engine
+        computes it from the same calibration samples."""
+        if self.x_sum is None or self.inner.bias is None:
+            return None
+        from edgeforge.quant.bias_correction import layer_shift
+
+        m = self.inner
+        x_mean = (self.x_sum / self.x_count).cpu().numpy()
+        dw = self.wq.double().cpu().numpy() - m.weight.detach().double().cpu().numpy()
+        if isinstance(m, nn.Linear):
+            return layer_shift(x_mean, dw, "linear", trans_b=True)
+        if isinstance(m.padding, str) or getattr(m, "padding_mode", "zeros") != "zeros":
+            return None
+        return layer_shift(x_mean, dw, "conv", m.stride, m.padding, m.dilation, m.groups)
+
     def round_bias(self, input_scale: float) -> None:
-        """Round the bias as the QDQ export does (`qdq.py`: int32, scale s_in * s_w, zero-point 0)."""
+        """Round the bias as the QDQ export does (`qdq.py`: int32, scale s_in * s_w, zero-point 0,
+        less the bias correction)."""
         b = self.inner.bias
         if b is None:
             return
-        bq, bscale = quantize_bias(b.detach().cpu().numpy(), input_scale, self.qparams.scale)
+        bq, bscale = quantize_bias(b.detach().cpu().numpy(), input_scale, self.qparams.scale,
+                                   self.bias_shift() if self.correct_bias else None)
         self.bias_int = bq
         # float32 product, as DequantizeLinear computes it
         self.bq = torch.from_numpy(bq.astype(np.float32) * bscale).to(b.dtype)
 
     def forward(self, x):
+        if self.collecting:
+            self.collect_input(x)
         w, b = (self.wq, self.inner.bias if self.bq is None else self.bq) if self.enabled else \
             (self.inner.weight, self.inner.bias)
         m = self.inner
@@ -376,7 +406,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
              example_inputs: tuple | None = None, input_spec=None, num_samples: int | None = None,
              batch: int = 8, act_scheme: str = "auto", fold_bn: bool = True, console=None,
              show_progress: bool = False, int8_accumulation: str | None = None,
-             overflow_fix: str = "auto") -> QuantizedModule:
+             overflow_fix: str = "auto", bias_correction: bool = True) -> QuantizedModule:
     """Quantize a torch model with a calibration set.
 
     `calib`: an array/tensor of preprocessed samples (N, ...), or a calibration-set name/path
@@ -442,12 +472,13 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     qweights = [m for m in gm.modules() if isinstance(m, QuantWeight)]
     for m in qweights:
         m.enabled = False
+        m.collecting = m.correct_bias = bias_correction
     with progress(f"calibrating torch simulation ({method})", len(x), console, show_progress) as advance:
         for i in range(0, len(x), batch):
             gm(x[i:i + batch])
             advance(len(x[i:i + batch]))
     for m in qweights:
-        m.enabled = True
+        m.enabled, m.collecting = True, False
     for q in act.values():
         if softmax_quantizer in q.roles:
             q.qparams = log_params(max(q.observer.max, 1e-8), scheme.act_bits, softmax_quantizer, method)
