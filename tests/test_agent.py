@@ -188,6 +188,19 @@ def test_refused_uploads_leave_nothing_on_disk(tmp_path, tiny_art):  # noqa: F81
     assert not list(a.workdir.glob("edgeforge-agent-*"))  # shutdown removes the agent's folder
 
 
+def test_options_that_name_files_or_libraries_are_refused(agent, tiny_art):  # noqa: F811
+    model = (tiny_art / "fp32" / "model.onnx").read_bytes()
+    for runtime, options, why in (
+            ("tensorrt", {"plugin_library": "/tmp/evil.so"}, "not accepted"),
+            ("onnxruntime", {"provider_options": {"trt_engine_cache_path": "/etc"}}, "name files"),
+            ("onnxruntime", {"threads": "many"}, "must be a int"),
+            ("onnxruntime", {"cache_dir": "/tmp"}, "not accepted")):
+        spec = json.dumps({"runtime": runtime, "options": options, "filename": "model.onnx"})
+        status, body = _http(agent.url, "POST", "/v1/models", model, {**_auth(agent), "X-Edgeforge-Spec": spec})
+        assert status == 400 and why in body["error"], (options, body)
+    assert agent.model_folders() == []
+
+
 def test_pickle_disguised_as_npz_is_refused(agent, tiny_art):  # noqa: F811
     status, body = _upload(agent, (tiny_art / "fp32" / "model.onnx").read_bytes())
     mid = body["model_id"]

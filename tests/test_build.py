@@ -198,3 +198,24 @@ def test_bad_build_files_name_the_field(tmp_path):
     bad.write_text("recipes: [fmvit_tiny]\ntargets: [cpu-ort]\nexclude: [{recipe: fmvit_tiny}]\n")
     proc = _cli("build", bad, "--list-jobs")
     assert proc.returncode == 2 and "no cell" in proc.stderr
+
+
+def test_target_without_its_toolchain_is_not_measured_and_not_cached(built, tmp_path):
+    """gpu-tensorrt on a machine without TensorRT: the cell says "not measured" with the reason (no
+    number invented, no failure), and runs again next time (the toolchain may be there then)."""
+    bf, out, _ = built
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    gpu = tmp_path / "gpu.yaml"
+    spec = yaml.safe_load(bf.read_text())
+    spec.update(recipes=spec["recipes"][:1], targets=["gpu-tensorrt"], precisions=["fp32"], cells=[])
+    gpu.write_text(yaml.safe_dump(spec))
+    for _ in range(2):
+        proc = _cli("build", gpu, "--out", copy)
+        cell = _cells(copy)["digits.gpu-tensorrt.fp32"]
+        if "tensorrt" in json.loads((copy / "build.json").read_text())["cells"][0]["id"] and \
+                cell["status"] == "ok":  # pragma: no cover - a machine with TensorRT and a GPU
+            pytest.skip("TensorRT runs here")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert cell["status"] == "not_measured" and cell["error"] and not cell.get("cached")
+        assert "not measured" in (copy / "summary.md").read_text()

@@ -59,6 +59,40 @@ RUNTIME_FILES = {  # runtime -> accepted upload kinds
 }
 
 
+# Runner options a client may set, per runtime: scalars only. Options that name files or libraries
+# (TensorRT's cache_dir and plugin_library, ONNX Runtime provider options with paths) are the
+# agent's own business: a client must not make the agent write to, or load code from, a path.
+CLIENT_OPTIONS = {
+    "onnxruntime": {"provider": str, "threads": int, "inter_op_threads": int, "graph_optimization": str,
+                    "allow_spinning": bool, "provider_options": dict},
+    "openvino": {"device": str, "precision_hint": str, "threads": int, "num_streams": int, "performance_mode": str},
+    "tensorrt": {"precision": str, "workspace_mb": int, "batch": int},
+    "coreml": {"compute_units": str},
+}
+_PATHLIKE = ("path", "dir", "file", "cache", "plugin", "lib", "dump", "log")
+
+
+def client_options(runtime: str, options: dict) -> dict:
+    """The runner options from a client, checked against CLIENT_OPTIONS (HttpError 400 otherwise)."""
+    allowed = CLIENT_OPTIONS.get(runtime, {})
+    out = {}
+    for k, v in options.items():
+        kind = allowed.get(k)
+        if kind is None:
+            raise HttpError(400, f"option {k!r} is not accepted for {runtime} by this agent (accepted: "
+                                 f"{', '.join(sorted(allowed)) or 'none'})")
+        if kind is int and isinstance(v, bool) or not isinstance(v, kind):
+            raise HttpError(400, f"option {k!r} must be a {kind.__name__}, not {type(v).__name__}")
+        if kind is dict:
+            for pk, pv in v.items():
+                if any(w in str(pk).lower() for w in _PATHLIKE) or not isinstance(pv, (int, float, bool, str)) \
+                        or (isinstance(pv, str) and ("/" in pv or "\\" in pv)):
+                    raise HttpError(400, f"option {k}.{pk} is not accepted by this agent: provider options that "
+                                         "name files, caches or libraries are set on the device, not by clients")
+        out[k] = v
+    return out
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
@@ -322,6 +356,12 @@ class Agent:
         from edgeforge.runtimes import create_runner
 
         runtime = spec.get("runtime")
+        if runtime not in RUNTIME_FILES:
+            raise HttpError(400, f"runtime {runtime!r} is not one of {sorted(RUNTIME_FILES)}")
+        raw = spec.get("options") or {}
+        if not isinstance(raw, dict):
+            raise HttpError(400, "X-Edgeforge-Spec options must be an object")
+        options = client_options(runtime, raw)
         if runtime not in self.runtimes:
             raise HttpError(400, f"runtime {runtime!r} is not installed on this agent (installed: "
                                  f"{sorted(self.runtimes) or 'none'})")
@@ -332,7 +372,8 @@ class Agent:
         folder = Path(tempfile.mkdtemp(prefix="model-", dir=self.workdir))
         try:
             path = store_model(data, runtime, str(spec.get("filename") or "model"), folder)
-            options = dict(spec.get("options") or {})
+            if runtime == "tensorrt":  # engines cached by the agent, under its own folder
+                options["cache_dir"] = str(self.base / "tensorrt-cache")
             try:
                 runner = create_runner(runtime, path, **options)
                 runner.activate()

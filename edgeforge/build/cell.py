@@ -10,7 +10,8 @@ file the cell stands on with its sha256; `key` is the sha256 of everything that 
 cell's outputs: the resolved recipe, the weights' sha256, the calibration set and eval set (their
 definitions and files), the target profile, the cell's settings, and the versions of edgeforge
 and the toolchain. A cell whose key has a cached result whose files are all still there with
-those hashes is not run again.
+those hashes is not run again (failed and "not measured" cells always run again: the cause may
+have gone, a device may be reachable now).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def cached_result(out: Path, key: str) -> dict | None:
         res = json.loads(p.read_text())
     except json.JSONDecodeError:
         return None
-    if res.get("status") == "failed":
+    if res.get("status") in ("failed", "not_measured"):  # a device may be reachable now
         return None
     for rel, digest in res.get("files", {}).items():
         f = out / rel
@@ -172,15 +173,23 @@ def run_cell(cell: Cell, out: str | os.PathLike, *, key: str | None = None, benc
         if tgt.compile not in ("none", "mlpackage") and tgt.reach.kind == "local":
             step = "compile"
             t0 = time.perf_counter()
-            with file_lock(art / ".compile.lock"):
-                from edgeforge.bench.compile import compile_artifact
+            from edgeforge.errors import NotAvailable
 
-                c = compile_artifact(art, cell.target, precision, force=force,
-                                     argv=["edgeforge", "compile", str(art), "--target", cell.target,
-                                           "--precision", precision])
-            result["steps"]["compile"] = {"seconds": round(time.perf_counter() - t0, 3), "skipped": c.skipped,
-                                          "sha256": c.sha256}
-            steps.append(f"compile/{cell.target}/{precision}")
+            try:
+                with file_lock(art / ".compile.lock"):
+                    from edgeforge.bench.compile import compile_artifact
+
+                    c = compile_artifact(art, cell.target, precision, force=force,
+                                         argv=["edgeforge", "compile", str(art), "--target", cell.target,
+                                               "--precision", precision])
+            except NotAvailable as e:
+                # The target's toolchain is not here (TensorRT on a CPU runner): the bench says
+                # "not measured" with the reason; nothing is invented.
+                result["steps"]["compile"] = {"seconds": round(time.perf_counter() - t0, 3), "not_available": str(e)}
+            else:
+                result["steps"]["compile"] = {"seconds": round(time.perf_counter() - t0, 3), "skipped": c.skipped,
+                                              "sha256": c.sha256}
+                steps.append(f"compile/{cell.target}/{precision}")
         if bench:
             step = "bench"
             t0 = time.perf_counter()
@@ -214,7 +223,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, *, key: str | None = None, benc
     result["seconds"] = round(time.perf_counter() - t_start, 3)
     result["argv"] = argv or ["edgeforge", *sys.argv[1:]]
     write_json_atomic(out / "cells" / f"{cell.id}.json", result)
-    if result["status"] != "failed":
+    if result["status"] not in ("failed", "not_measured"):
         write_json_atomic(out / "cache" / f"{key}.json", result)
     return result
 

@@ -141,9 +141,12 @@ class _Progress:
         colour = {"ok": "green", "failed": "red", "over_budget": "red"}.get(res["status"], "yellow")
         state = "cached" if res.get("cached") else res["status"]
         extra = f" {res['seconds']:.1f} s" if not res.get("cached") and res.get("seconds") is not None else ""
-        line = f"[{self.n}/{self.total}] {res['id']}: [{colour}]{state}[/]{extra}"
+        from rich.markup import escape
+
+        line = f"\\[{self.n}/{self.total}] {escape(res['id'])}: [{colour}]{state}[/]{extra}"
         if res["status"] in FAILING or res["status"] == "not_measured":
-            line += f" - {(res.get('error') or '; '.join(res.get('budget_failures') or [])).splitlines()[0][:300]}"
+            why = (res.get("error") or "; ".join(res.get("budget_failures") or [])).splitlines()
+            line += f" - {escape(why[0][:300])}" if why else ""
         (self.bar.console if self.bar is not None else self.console).print(line, highlight=False)
         if self.bar is not None:
             self.bar.update(self.task, completed=self.n)
@@ -286,7 +289,11 @@ def _load_reports(out: Path, results: Sequence[dict]) -> list:
 def summary_markdown(out: Path, results: Sequence[dict], title: str, conflicts: Sequence[str] = ()) -> str:
     reports = dict((r["id"], rep) for r, rep in _load_reports(out, results))
     n_fail = sum(r["status"] in FAILING for r in results)
-    lines = [f"## {title}: {len(results)} cells, " + (f"{n_fail} failing" if n_fail else "all passed"), "",
+    n_nm = sum(r["status"] == "not_measured" for r in results)
+    head = f"{n_fail} failing" if n_fail else "all passed" if not n_nm else "none failing"
+    if n_nm:
+        head += f", {n_nm} not measured"
+    lines = [f"## {title}: {len(results)} cells, {head}", "",
              "| cell | status | p50 ms | noise | vs FP32 | size MB | time s | note |",
              "|---|---|---:|---:|---|---:|---:|---|"]
     icon = {"ok": "✅ ok", "failed": "❌ failed", "over_budget": "❌ over budget", "not_measured": "⚪ not measured"}
