@@ -459,9 +459,18 @@ def agent() -> None:
 def agent_serve(host, port, token_file, max_upload_mb, max_queue, read_timeout, run_timeout, model_ttl, workdir,
                 device_name, quiet) -> None:
     """Serve the edgeforge agent protocol (edgeforge.runtimes.remote) on this device. Torch-free."""
+    import os
+
     from edgeforge.agent.server import read_token, serve
 
     token = read_token(token_file)
+    if token_file and os.name == "posix" and Path(token_file).stat().st_mode & 0o077:
+        err_console.print(f"[yellow]warning[/]: {token_file} can be read by other users of this machine; "
+                          f"chmod 600 {token_file}", highlight=False)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]warning[/]: listening on {host}: plain HTTP, so the token, models and results "
+                          "cross the network unencrypted; prefer 127.0.0.1 behind an SSH tunnel or a TLS proxy "
+                          "(README, 'Device agent')", highlight=False)
 
     def ready(server):
         h, p = server.server_address[:2]

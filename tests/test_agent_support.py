@@ -36,6 +36,7 @@ class AgentProcess:
         self.token = secrets.token_urlsafe(24)
         self.token_file = tmp / "agent.token"
         self.token_file.write_text(self.token + "\n")
+        self.token_file.chmod(0o600)
         self.workdir = tmp / "agent-work"
         cmd = [sys.executable, "-c", _LAUNCH, "agent", "serve", "--port", "0", "--token-file", str(self.token_file),
                "--workdir", str(self.workdir), "--quiet", *args]
