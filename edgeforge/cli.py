@@ -13,17 +13,11 @@ import click
 from rich.console import Console
 
 from edgeforge import __version__
-from edgeforge.errors import EdgeforgeError, NotAvailable
+from edgeforge.errors import EdgeforgeError
 
 # Rich wraps at 80 columns when stdout is not a terminal; tables of recipes need more.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
-
-_PASSTHROUGH = dict(ignore_unknown_options=True, allow_extra_args=True)
-
-
-def _not_yet(command: str) -> None:
-    raise NotAvailable(f"`edgeforge {command}` is not available yet in edgeforge {__version__}.")
 
 
 @click.group(context_settings=dict(help_option_names=["-h", "--help"]))

@@ -165,6 +165,13 @@ def test_ci_example_list_jobs_in_separate_processes_merge_equals_one_process_bui
     steps = json.loads((merged / "artifacts" / "digits" / "manifest.json").read_text())["steps"]
     assert {"export", "int8-minmax", "bench/cpu-ort/fp32", "bench/cpu-ort/int8-minmax"} <= set(steps)
     assert "edgeforge build test" in (merged / "summary.md").read_text()
+    # two jobs that wrote different bytes for one model file: merge names it and fails
+    victim = tmp_path / "out" / GOOD[1] / "artifacts" / "digits" / "fp32" / "model.onnx"
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    proc = _cli("build", "merge", *sorted((tmp_path / "out").iterdir()), "--out", tmp_path / "merged2")
+    conflicts = json.loads((tmp_path / "merged2" / "build.json").read_text())["conflicts"]
+    assert proc.returncode == 1 and len(conflicts) == 1 and "artifacts/digits/fp32/model.onnx" in conflicts[0]
+    assert "Drift between jobs" in (tmp_path / "merged2" / "summary.md").read_text()
 
 
 def test_check_rebuilds_and_names_the_file_and_step_that_drifted(built, tmp_path):

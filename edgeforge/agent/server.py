@@ -390,8 +390,9 @@ class Agent:
         info = runner.info()
         return {"model_id": mid, "inputs": [s.to_dict() for s in runner.input_specs()],
                 "outputs": runner.output_names(), "load_ms": runner.load_time_s * 1e3,
-                "runtime": {"runtime": info.runtime, "version": info.version, "device": f"{info.device} on {self.device}",
-                            "options": info.options, "versions": info.versions}}
+                "runtime": {"runtime": info.runtime, "version": info.version,
+                            "device": f"{info.device} on {self.device}", "options": info.options,
+                            "versions": info.versions}}
 
     def model(self, mid: str) -> Model:
         with self.lock:

@@ -25,7 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from edgeforge.artifacts import MANIFEST, file_lock, sha256_file, write_json_atomic, write_text_atomic
 from edgeforge.build.cell import cached_result, cell_key
@@ -233,7 +233,7 @@ def merge(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str 
             if dest.is_file() and dest.resolve() != f.resolve():
                 if sha256_file(dest) != sha256_file(f):
                     rel = str(f.relative_to(d))
-                    if "/reports/" not in f"/{rel}":
+                    if _kind(str(f.relative_to(arts))) == "model":  # records (reports, quant.json) hold times
                         conflicts.append(f"{rel}: {d} has sha256 {sha256_file(f)[:16]}, another job "
                                          f"{sha256_file(dest)[:16]}")
                         continue
@@ -296,7 +296,8 @@ def summary_markdown(out: Path, results: Sequence[dict], title: str, conflicts: 
     lines = [f"## {title}: {len(results)} cells, {head}", "",
              "| cell | status | p50 ms | noise | vs FP32 | size MB | time s | note |",
              "|---|---|---:|---:|---|---:|---:|---|"]
-    icon = {"ok": "✅ ok", "failed": "❌ failed", "over_budget": "❌ over budget", "not_measured": "⚪ not measured"}
+    icon = {"ok": "✅ ok", "failed": "❌ failed", "over_budget": "❌ over budget",
+            "not_measured": "⚪ not measured"}
     for r in results:
         rep = reports.get(r["id"])
         p50 = noise = vs = size = "-"
@@ -443,5 +444,3 @@ def check(build: Build, out: str | os.PathLike, jobs: int = 1, console=None) -> 
 def exit_code(results: Sequence[dict]) -> int:
     return 1 if any(r["status"] in FAILING for r in results) else 0
 
-
-Callback = Callable[[dict], None]
