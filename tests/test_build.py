@@ -226,3 +226,17 @@ def test_target_without_its_toolchain_is_not_measured_and_not_cached(built, tmp_
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert cell["status"] == "not_measured" and cell["error"] and not cell.get("cached")
         assert "not measured" in (copy / "summary.md").read_text()
+
+
+def test_example_build_file_and_pipelines_are_consistent():
+    """examples/ci: BUILD.yaml is 3 recipes x 2 targets x 2 precisions; the GitLab pipeline lists the
+    jobs as a child pipeline and merges them with the same commands as the GitHub workflow."""
+    proc = _cli("build", ROOT / "examples" / "ci" / "BUILD.yaml", "--list-jobs")
+    assert proc.returncode == 0, proc.stderr
+    jobs = json.loads(proc.stdout)["include"]
+    assert len(jobs) == 12 and {j["target"] for j in jobs} == {"cpu-ort", "cpu-openvino"}
+    assert len({j["recipe"] for j in jobs}) == 3 and {j["precision"] for j in jobs} == {"fp32", "int8"}
+    gl = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci.yml").read_text())
+    assert "--list-jobs --format gitlab" in " ".join(gl["list-jobs"]["script"])
+    assert gl["cells"]["trigger"]["include"][0] == {"artifact": "cells.yml", "job": "list-jobs"}
+    assert any(line.startswith("edgeforge build merge out/*") for line in gl["merge"]["script"])
