@@ -384,7 +384,7 @@ def build_run(build_file, out, jobs, force, no_cache, check, list_jobs, fmt, job
         console.print(f"check: every artifact of {len(b.cells)} cells rebuilt with identical bytes")
         return
     if job is not None:
-        res = run_job(b, job, out, force=force, bench=not no_bench)
+        res = run_job(b, job, out, force=force, bench=not no_bench, use_cache=not no_cache)
         if not no_summary:
             write_summary(Path(out), [res], b.spec.name)
         state = "cached" if res.get("cached") else res["status"]

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -35,14 +36,15 @@ from edgeforge.errors import BadInput
 FAILING = ("failed", "over_budget")
 
 
-def _cell_command(build: Build, cell: Cell, out: Path, force: bool, bench: bool) -> list[str]:
+def _cell_command(build: Build, cell: Cell, out: Path, force: bool, bench: bool, use_cache: bool) -> list[str]:
     cmd = [sys.executable, "-m", "edgeforge.cli", "build", str(build.path), "--job", cell.id, "--out", str(out),
            "--no-summary"]
-    return cmd + (["--force"] if force else []) + ([] if bench else ["--no-bench"])
+    return cmd + (["--force"] if force else []) + ([] if bench else ["--no-bench"]) + \
+        ([] if use_cache else ["--no-cache"])
 
 
 def _run_subprocess(build: Build, cell: Cell, out: Path, key: str, force: bool, bench: bool,
-                    timeout_s: float) -> dict:
+                    timeout_s: float, use_cache: bool = True) -> dict:
     log = out / "logs" / f"{cell.id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     res_path = out / "cells" / f"{cell.id}.json"
@@ -50,7 +52,7 @@ def _run_subprocess(build: Build, cell: Cell, out: Path, key: str, force: bool, 
     t0 = time.perf_counter()
     with open(log, "wb") as f:
         try:
-            proc = subprocess.run(_cell_command(build, cell, out, force, bench), stdout=f, stderr=subprocess.STDOUT,
+            proc = subprocess.run(_cell_command(build, cell, out, force, bench, use_cache), stdout=f, stderr=subprocess.STDOUT,
                                   timeout=timeout_s, env={**os.environ, "EDGEFORGE_BUILD_KEY": key})
             rc = proc.returncode
         except subprocess.TimeoutExpired:
@@ -90,11 +92,13 @@ def run_build(build: Build, out: str | os.PathLike, jobs: int = 1, force: bool =
     progress = _Progress(console, len(build.cells))
     for r in results.values():
         progress.done(r)
+
+    def work(cell: Cell, key: str) -> dict:
+        progress.started(cell)
+        return _run_subprocess(build, cell, out, key, force, bench, timeout_s, use_cache)
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {}
-        for cell, key in todo:
-            futures[pool.submit(_run_subprocess, build, cell, out, key, force, bench, timeout_s)] = cell
-            progress.started(cell)
+        futures = [pool.submit(work, cell, key) for cell, key in _interleave(todo)]
         for fut in as_completed(futures):
             res = fut.result()
             results[res["id"]] = res
@@ -104,6 +108,21 @@ def run_build(build: Build, out: str | os.PathLike, jobs: int = 1, force: bool =
     if summary:
         write_summary(out, ordered, build.spec.name)
     return ordered
+
+
+def _interleave(todo: list[tuple[Cell, str]]) -> list[tuple[Cell, str]]:
+    """Round-robin over recipes, so that parallel workers start on different recipes' exports
+    instead of queueing on one artifact's lock."""
+    by_recipe: dict[str, list] = {}
+    for item in todo:
+        by_recipe.setdefault(item[0].recipe_id, []).append(item)
+    queues = list(by_recipe.values())
+    out = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
 
 
 class _Progress:
@@ -122,10 +141,12 @@ class _Progress:
             self.task = self.bar.add_task("", total=total)
             self.bar.start()
         self.running: list[str] = []
+        self.lock = threading.Lock()
 
     def started(self, cell: Cell) -> None:
-        self.running.append(cell.id)
-        self._describe()
+        with self.lock:
+            self.running.append(cell.id)
+            self._describe()
 
     def _describe(self) -> None:
         if self.bar is not None:
@@ -133,6 +154,10 @@ class _Progress:
                                                     + (" ..." if len(self.running) > 3 else "")))
 
     def done(self, res: dict) -> None:
+        with self.lock:
+            self._done(res)
+
+    def _done(self, res: dict) -> None:
         self.n += 1
         if res["id"] in self.running:
             self.running.remove(res["id"])
@@ -165,7 +190,8 @@ def _key_failure(out: Path, cell: Cell, e: Exception) -> dict:
     return res
 
 
-def run_job(build: Build, cell_id: str, out: str | os.PathLike, force: bool = False, bench: bool = True) -> dict:
+def run_job(build: Build, cell_id: str, out: str | os.PathLike, force: bool = False, bench: bool = True,
+            use_cache: bool = True) -> dict:
     """One cell in this process (what `--job ID` runs, in CI or as a worker of `run_build`)."""
     from edgeforge.build.cell import run_cell
 
@@ -175,7 +201,7 @@ def run_job(build: Build, cell_id: str, out: str | os.PathLike, force: bool = Fa
         key = os.environ.get("EDGEFORGE_BUILD_KEY") or cell_key(cell, bench)
     except Exception as e:  # noqa: BLE001 - reported as this cell's failure, like any step's
         return _key_failure(out, cell, e)
-    if not force and (hit := cached_result(out, key)) is not None:
+    if not force and use_cache and (hit := cached_result(out, key)) is not None:
         hit = {**hit, "id": cell.id, "job": cell.job(), "cached": True}
         write_json_atomic(out / "cells" / f"{cell.id}.json", hit)
         return hit
