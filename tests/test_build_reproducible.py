@@ -30,6 +30,7 @@ FAMILIES = [
     ("trecvit_tiny", "fixtures/trecvit_tiny.pt"),
     ("token_filter_tiny", None),
     ("pretrained_mobilenetv2", None),
+    ("efficientformer_v2_s0", None),  # the family's smallest registry variant, seeded random init
 ]
 
 _EXPORT_ALL = textwrap.dedent("""
