@@ -264,6 +264,33 @@ def test_full_queue_answers_busy_and_a_disconnected_client_frees_its_slot(tmp_pa
         a.stop()
 
 
+def test_stalled_upload_and_overlong_run_time_out(tmp_path, tiny_art):  # noqa: F811
+    a = AgentProcess(tmp_path, "--read-timeout", "1", "--run-timeout", "1.5")
+    try:
+        model = (tiny_art / "fp32" / "model.onnx").read_bytes()
+        u = urlparse(a.url)
+        s = socket.create_connection((u.hostname, u.port), timeout=30)
+        spec = json.dumps({"runtime": "onnxruntime"})
+        s.sendall((f"POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a.token}\r\n"
+                   f"X-Edgeforge-Spec: {spec}\r\nContent-Length: {len(model)}\r\n\r\n").encode() + model[:500])
+        reply = b""  # the client keeps the connection open and sends nothing more
+        while chunk := s.recv(4096):
+            reply += chunk
+        s.close()
+        assert b" 408 " in reply.split(b"\r\n")[0] and b"stopped arriving" in reply
+        status, body = _upload(a, model)
+        mid = body["model_id"]
+        status, body = _http(a.url, "POST", f"/v1/models/{mid}/bench",
+                             json.dumps({"warmup": 0, "iterations": 5, "min_time_s": 30}).encode(), _auth(a))
+        assert status == 504 and "run timeout" in body["error"]
+        status, body = _http(a.url, "POST", f"/v1/models/{mid}/infer", _npz(_feed()), _auth(a))
+        assert status == 200  # the slot was freed
+        assert len(a.model_folders()) == 1
+    finally:
+        a.stop()
+    assert not list(a.workdir.glob("edgeforge-agent-*"))
+
+
 def test_agent_killed_mid_benchmark_gives_a_clear_error(tmp_path, tiny_art):  # noqa: F811
     a = AgentProcess(tmp_path)
     try:

@@ -64,7 +64,9 @@ def cell_key(cell: Cell, bench: bool = True) -> str:
         "v": RESULT_VERSION, "recipe": recipe.to_dict() | {"source_file": None}, "weights": weights_id,
         "target": targets.load(cell.target).model_dump(), "precision": cell.precision,
         "settings": cell.settings.model_dump(), "calib": calib, "eval": _listing_hash(cell.settings.eval),
-        "edgeforge": __version__, "toolchain": toolchain_versions(), "bench": bench,
+        "edgeforge": __version__, "bench": bench,
+        # the bundled calibration/eval data come from these packages (digits, photographs)
+        "toolchain": toolchain_versions() | toolchain_versions(("scikit-learn", "scikit-image", "pillow")),
     })
 
 
