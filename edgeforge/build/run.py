@@ -352,14 +352,21 @@ def summary_markdown(out: Path, results: Sequence[dict], title: str, conflicts: 
 
 def write_summary(out: Path, results: Sequence[dict], title: str, conflicts: Sequence[str] = ()) -> dict[str, Path]:
     """summary.md, report.html, build.json and dist/ (see the module docstring)."""
+    out = Path(out)
+    with file_lock(out / ".summary.lock"):  # two builds into one folder: one summary at a time
+        return _write_summary(out, results, title, conflicts)
+
+
+def _write_summary(out: Path, results: Sequence[dict], title: str, conflicts: Sequence[str]) -> dict[str, Path]:
+    from html import escape
+
     from edgeforge.report.render import to_html
 
-    out = Path(out)
     md = summary_markdown(out, results, title, conflicts)
     write_text_atomic(out / "summary.md", md)
     reports = [rep for _, rep in _load_reports(out, results)]
     html = to_html(reports, f"{title}: {len(results)} cells") if reports else \
-        f"<!DOCTYPE html><html><body><h1>{title}</h1><p>no reports</p></body></html>\n"
+        f"<!DOCTYPE html><html><body><h1>{escape(title)}</h1><p>no reports</p></body></html>\n"
     write_text_atomic(out / "report.html", html)
     failing = [r["id"] for r in results if r["status"] in FAILING]
     status = {"title": title, "cells": [{k: r.get(k) for k in ("id", "job", "status", "key", "report", "error",

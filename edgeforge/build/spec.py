@@ -182,7 +182,8 @@ class Build:
         ids: dict[str, str] = {}
         cells = []
         for i, entry in enumerate(spec.recipes):
-            recipe = _resolve_path(entry.recipe, self.root)
+            recipe = _resolve_path(entry.recipe, self.root) if ".yaml" in entry.recipe or ".yml" in entry.recipe \
+                else entry.recipe
             base, _, variant = entry.recipe.rpartition(":") if ".yaml:" in entry.recipe or ".yml:" in entry.recipe \
                 else (entry.recipe, "", "")
             rid = _safe(entry.name or (f"{Path(base).stem}_{variant}" if variant else Path(entry.recipe).stem
@@ -209,7 +210,8 @@ class Build:
                         raise BadInput(f"{self.path}: cells (for {rid}/{t}/{p}): {errs}") from e
                     if settings.eval:
                         settings.eval = _resolve_path(settings.eval, self.root)
-                    settings.calib = _resolve_path(settings.calib, self.root)
+                    if settings.calib.endswith((".yaml", ".yml")):  # else a calib/NAME.yaml or bundled name
+                        settings.calib = _resolve_path(settings.calib, self.root)
                     cells.append(Cell(id=f"{rid}.{t}.{p}", recipe_id=rid, recipe=recipe, weights=weights,
                                       target=t, precision=p, settings=settings))
         if not cells:
