@@ -320,7 +320,8 @@ def bench_artifact(
                 accuracy = acc.evaluate(s.runner, check, feed, main, scores=scores, ref_scores=ref_scores,
                                         reference_name=ref_name)
                 if int8:
-                    kf, notes = _kernel_fidelity(s, check, scores, feed, main, threads, max_kernel_drift)
+                    kf, notes = _kernel_fidelity(s, check, scores, feed, main, threads, max_kernel_drift,
+                                                 ref_scores)
             if int8 and max_kernel_drift is not None and (kf is None or kf.get("passed") is not True):
                 if kf is None or kf.get("not_measured"):
                     why = (kf or {}).get("not_measured") or "no QDQ ONNX graph to emulate"
@@ -384,7 +385,7 @@ def _fp32_reference(art: Path, s: _Subject, check: acc.EvalSet, feed: Mapping, m
 
 
 def _kernel_fidelity(s: _Subject, check: acc.EvalSet, scores: Any, feed: Mapping, main: str,
-                     threads: int | None, floor_db: float | None) -> tuple[dict, list[str]]:
+                     threads: int | None, floor_db: float | None, fp32_scores: Any = None) -> tuple[dict, list[str]]:
     """The subject's INT8 kernels (`scores`, its outputs on `check.x`) against ONNX Runtime's
     float emulation of its QDQ graph; and the warnings to add to its report."""
     local = s.target.reach.kind == "local"
@@ -406,12 +407,16 @@ def _kernel_fidelity(s: _Subject, check: acc.EvalSet, scores: Any, feed: Mapping
     except (EdgeforgeError, ValueError) as e:
         kf["not_measured"] = f"the float emulation could not run: {e}"
         return kf, [f"kernel fidelity not measured: {kf['not_measured']}"]
+    # how much kernel difference is noise depends on the graph's own error against FP32
+    warn_db = fidelity.warn_floor(fidelity.compare(ref, fp32_scores)["sqnr_db"] if fp32_scores is not None else None,
+                                  local and fidelity.can_saturate(s.model.onnx, runtime, kf["isa_cap"]))
+    kf["warn_below_db"] = warn_db
     kf.update(num_samples=c["num_samples"], agreement_top1=round(100.0 * c["agreement"], 2), sqnr_db=c["sqnr_db"],
               cosine=c["cosine"], max_abs_error_rel=c["max_abs_error_rel"],
-              drift=fidelity.is_drift(c["sqnr_db"]),
+              drift=fidelity.is_drift(c["sqnr_db"], warn_db),
               passed=None if floor_db is None else not fidelity.is_drift(c["sqnr_db"], floor_db))
     notes = []
-    if (w := fidelity.drift_warning(runtime, c, cpu_record(), _cpu_kernels(s))):
+    if (w := fidelity.drift_warning(runtime, c, cpu_record(), _cpu_kernels(s), floor_db=warn_db)):
         notes.append(w)
     if kf["passed"] is False:
         notes.append(f"--max-kernel-drift {floor_db:g} dB: FAILED (kernel fidelity SQNR {c['sqnr_db']:.1f} dB)")

@@ -140,6 +140,8 @@ def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev, sch
                 except Exception as e:  # e.g. an attention MatMul oneDNN cannot compile under the cap
                     pairs["not_run"] = f"{type(e).__name__}: {e}"
                 entries.append(pairs)
+    # the graph's own error against FP32 sets how much kernel difference is noise (fidelity.warn_floor)
+    graph_sqnr = fidelity.compare(emu, a)["sqnr_db"]
     for e in entries:
         if "sqnr_db" in e:
             e["reference"] = fidelity.EMULATION
@@ -150,7 +152,9 @@ def evaluate(fp32: onnx.ModelProto | str, qmodel: onnx.ModelProto | str, ev, sch
                 fix = ("the weights saturate OpenVINO's AVX2 kernels, which this model is quantized for: "
                        + ("quantize without --overflow-fix none" if getattr(scheme, "overflow_fix", None) == "none"
                           else "try --overflow-fix reduce-range (7-bit weights) and report the model"))
-            if (w := fidelity.drift_warning(e["runtime"], e, cpu, advice_text=fix)):
+            floor = fidelity.warn_floor(graph_sqnr, fidelity.can_saturate(qm, e["runtime"], e["isa_cap"]))
+            e["warn_below_db"] = floor
+            if (w := fidelity.drift_warning(e["runtime"], e, cpu, advice_text=fix, floor_db=floor)):
                 e["warning"] = w
     res["kernel_fidelity"] = entries
     return res
