@@ -75,18 +75,36 @@ def test_folder_make_show_and_corrupt_files(tmp_path):
     with pytest.raises(BadInput, match="broken.png"):
         make(root, tmp_path / "x.yaml", on_corrupt="refuse")
     stats = channel_stats(data.x)
-    assert len(stats["mean"]) == 3
+    np.testing.assert_allclose(stats["mean"], data.x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["std"], data.x.std(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert stats["min"] == data.x.min(axis=(0, 2, 3)).tolist() and stats["max"] == data.x.max(axis=(0, 2, 3)).tolist()
     png = contact_sheet(data, tmp_path / "sheet.png")
-    assert Image.open(png).size[0] > 0
+    _check_sheet(png, data, cols=3, rows=2)
+
+
+def _check_sheet(png, data, cols, rows, tile=96):
+    """The contact sheet is a cols x rows grid of `tile`-pixel tiles, each showing its sample."""
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape == (rows * tile, cols * tile, 3)
+    for i, x in enumerate(data.x):
+        r, c = divmod(i, cols)
+        want = np.asarray(Image.fromarray(data.preprocess.denormalize(x)).resize((tile - 2, tile - 2), Image.NEAREST))
+        got = img[r * tile + 1:(r + 1) * tile - 1, c * tile + 1:(c + 1) * tile - 1]
+        assert np.array_equal(got, want), f"tile {i} does not show sample {i}"
 
 
 def test_npz_and_video_sources(tmp_path):
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (5, 12, 12, 3), dtype=np.uint8), y=np.arange(5))
+    # image i is flat gray 50*i, so each materialised sample tells which npz row it came from
+    flat = np.repeat(np.arange(5, dtype=np.uint8)[:, None, None, None] * 50, 12 * 12 * 3).reshape(5, 12, 12, 3)
+    np.savez(tmp_path / "d.npz", x=flat, y=np.arange(5) + 10)
     defn, scan = make(tmp_path / "d.npz", tmp_path / "d.yaml")
     assert scan["kind"] == "npz"
     data = materialize(str(tmp_path / "d.yaml"), PRE)
-    assert data.x.shape == (5, 3, 32, 32) and data.labels.tolist() == sorted(data.labels.tolist()) or True
+    assert data.x.shape == (5, 3, 32, 32)
+    rows = np.rint((data.x.mean(axis=(1, 2, 3)) * 0.25 + 0.5) * 255 / 50).astype(int)
+    assert sorted(rows.tolist()) == [0, 1, 2, 3, 4]
+    assert data.labels.tolist() == (rows + 10).tolist()  # every sample keeps its own label
     # already-preprocessed float samples in the model's layout are used as they are
     pre_x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "p.npz", x=pre_x)
@@ -116,6 +134,11 @@ def test_calib_cli(run_cli, tmp_path):
     assert code == 0 and "4 of 4 readable" in stdout
     sheet = tmp_path / "s.png"
     code, stdout, _ = run_cli("calib", "show", str(out), "--sheet", sheet)
-    assert code == 0 and "per-channel" in stdout and sheet.is_file()
+    assert code == 0 and "per-channel" in stdout
+    from edgeforge.recipes import InputSpec
+
+    # `calib show` without --recipe uses 3x224x224 with ImageNet statistics; 3 samples: a 2x2 grid
+    _check_sheet(sheet, materialize(str(out), Preprocess.from_input_spec(InputSpec(shape=[3, 224, 224]))),
+                 cols=2, rows=2)
     code, _, err = run_cli("calib", "show", "nope_set")
     assert code == 2 and "nope_set" in err

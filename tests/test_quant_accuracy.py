@@ -37,9 +37,15 @@ def test_int8_keeps_accuracy_and_matches_simulation(trained):
 
 def test_low_bits_cost_accuracy_in_order(trained):
     _, fp32, calib, ev = trained
-    acc = {}
+    ref = run_outputs(onnx.load(fp32), ev.x, ["logits"], optimize="all")["logits"]
+    acc, sqnr = {}, {}
     for bits in ("w8a8", "w4a4"):
         q = quantize_onnx(onnx.load(fp32), calib.x, "mse", resolve(bits, method="mse"), show_progress=False)
-        acc[bits] = float((_top1(q.model, ev.x) == ev.labels).mean())
-    assert acc["w8a8"] >= acc["w4a4"]
-    assert np.isfinite(acc["w4a4"])
+        out = run_outputs(q.model, ev.x, ["logits"], optimize="all")["logits"]
+        acc[bits] = float((out.argmax(-1) == ev.labels).mean())
+        sqnr[bits] = float(10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum()))
+    # Measured (AMD EPYC, 200 held-out digits): top-1 w8a8 0.99, w4a4 0.96; SQNR against FP32
+    # w8a8 34.0 dB, w4a4 5.2 dB. 4 bits that were silently quantized as 8 would close the 29 dB
+    # gap; a broken 4-bit grid (a wrong scale, a constant output) scores near chance (0.10).
+    assert acc["w8a8"] >= acc["w4a4"] >= 0.8
+    assert sqnr["w8a8"] >= sqnr["w4a4"] + 15

@@ -63,18 +63,32 @@ def test_reachability_says_why(monkeypatch):
     assert not ok and "EDGEFORGE_AGENT_JETSON_ORIN_NANO" in why and "--device" in why
     ok, why = targets.reachability(targets.load("jetson-orin-nano"), device_url="http://127.0.0.1:9")
     assert not ok and "unreachable" in why
-    ok, why = targets.reachability(targets.load("gpu-tensorrt"))
-    if not ok:
-        assert "TensorRT" in why or "CUDA" in why
+    # a local target is reachable exactly when its runtime imports here, and says why not otherwise
+    from edgeforge.errors import NotAvailable
+    from edgeforge.runtimes.tensorrt import import_tensorrt
+
+    try:
+        import_tensorrt()
+        expected = (True, "local")
+    except NotAvailable as e:
+        expected = (False, str(e))
+        assert "TensorRT" in str(e) or "CUDA" in str(e)
+    assert targets.reachability(targets.load("gpu-tensorrt")) == expected
 
 
-def test_host_peak_estimate_is_labelled():
+def test_host_peak_estimate_is_labelled(monkeypatch):
+    from edgeforge.targets import host
     from edgeforge.targets.host import host_peak
 
     p = host_peak()
-    assert p.estimate == "host" and "estimate" in p.source or "not estimated" in p.source
+    assert p.estimate == "host" and ("estimate for this host" in p.source or "not estimated" in p.source)
     if p.fp32_gflops:
-        assert p.int8_gops >= p.fp32_gflops
+        assert p.int8_gops >= p.fp32_gflops and f"{host.cpu_count()} usable cores" in p.source
+    # a host whose clock is unknown gets no numbers, only the reason, still labelled as the host's
+    monkeypatch.setattr(host, "_max_ghz", lambda: None)
+    p = host_peak()
+    assert p.estimate == "host" and "not estimated" in p.source
+    assert p.fp32_gflops is None and p.int8_gops is None
 
 
 def test_qdq_constraints(tiny_art):  # noqa: F811
@@ -93,11 +107,21 @@ def test_qdq_constraints(tiny_art):  # noqa: F811
     assert "not an INT8 QDQ model" in violations(fp32, ort)[0]
 
 
-def test_targets_cli(run_cli):
+def test_targets_cli(run_cli, monkeypatch):
+    monkeypatch.delenv("EDGEFORGE_AGENT_RPI5", raising=False)
     code, out, _ = run_cli("targets")
     assert code == 0
+    # each target's row says in its last column whether it is reachable, as reachability() decides
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) > 2 and cells[1] and cells[1] not in rows:
+            rows[cells[1]] = cells[-2]
+    assert REQUIRED <= set(rows), out
     for name in REQUIRED:
-        assert name in out
+        ok, _ = targets.reachability(targets.load(name))
+        assert rows[name].startswith("yes" if ok else "no"), (name, rows[name])
+    assert rows["cpu-ort"].startswith("yes") and rows["rpi5-ort"].startswith("no")
 
 
 def test_uint8_zero_point_128_counts_as_symmetric(tmp_path):
