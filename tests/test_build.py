@@ -34,7 +34,8 @@ def _build_file(tmp: Path) -> Path:
                     "token_filter.yaml:tiny"],  # relative to the build file
         "targets": ["cpu-ort"],
         "precisions": ["fp32", "int8"],
-        "settings": {"calib": "digits", "num_samples": 8, "bench": {"iterations": 20, "warmup": 2, "block_size": 5}},
+        "settings": {"calib": "digits", "num_samples": 8, "eval": "digits", "eval_limit": 40,
+                     "bench": {"iterations": 20, "warmup": 2, "block_size": 5}},
         "cells": [{"match": {"recipe": "token_filter_tiny", "precision": "fp32"},
                    "settings": {"budgets": {"max_latency_ms": 1e-6}}},
                   {"match": {"recipe": "token_filter_tiny", "precision": "int8"},
@@ -78,6 +79,7 @@ def test_build_runs_every_cell_and_writes_summary_html_and_dist(built):
     for c in cells:
         assert f"`{c}`" in md
     assert "over budget" in md and "failed" in md
+    assert md.count("top-1 ") >= 3  # digits at FP32 and INT8, token filter: measured on the labelled digits
     html = (out / "report.html").read_text()
     assert "accuracy vs latency" in html and html.count("<section") == 3  # three cells have reports
     idx = json.loads((out / "dist" / "index.json").read_text())

@@ -106,6 +106,33 @@ def cached_result(out: Path, key: str) -> dict | None:
     return res
 
 
+BUNDLED_EVAL = {"digits": "scikit-learn's handwritten digits, held-out eval split (labelled)"}
+
+
+def eval_path(cell: Cell, out: Path) -> str | None:
+    """The cell's eval set for bench --eval: a path as given, or a bundled labelled set (`digits`)
+    written once as OUT/eval/<name>-<hash>.npz, preprocessed for the recipe's input."""
+    name = cell.settings.eval
+    if name not in BUNDLED_EVAL:
+        return name
+    import numpy as np
+
+    from edgeforge import recipes
+    from edgeforge.artifacts import atomic_path
+    from edgeforge.data.calib import CalibDef, Source, load_calib
+
+    spec = recipes.load(cell.recipe).spec.input
+    count = cell.settings.eval_limit or 500
+    path = out / "eval" / f"{name}-{sha256_json([spec.model_dump(mode='json'), count])[:16]}.npz"
+    with file_lock(out / "eval" / ".lock"):
+        if not path.is_file():
+            data = load_calib(CalibDef(name=f"{name}-eval", source=Source(kind=name, split="eval"), count=count), spec)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, x=data.x.astype(np.float32), y=np.asarray(data.labels, dtype=np.int64))
+    return str(path)
+
+
 def _budget_failures(cell: Cell, report: Any, bench_failures: list[str]) -> list[str]:
     b = cell.settings.budgets
     out = list(bench_failures)
@@ -200,7 +227,8 @@ def run_cell(cell: Cell, out: str | os.PathLike, *, key: str | None = None, benc
 
             b = s.bench
             with file_lock(out / ".bench.lock"):
-                r = bench_artifact(art, cell.target, precision, eval_dataset=s.eval, eval_limit=s.eval_limit,
+                r = bench_artifact(art, cell.target, precision, eval_dataset=eval_path(cell, out),
+                                   eval_limit=s.eval_limit,
                                    settings=Settings(warmup=b.warmup, warmup_time_s=0.0, iterations=b.iterations,
                                                      min_time_s=b.min_time_s, block_size=b.block_size),
                                    threads=b.threads, seed=s.seed, max_kernel_drift=s.budgets.max_kernel_drift,

@@ -320,7 +320,7 @@ def summary_markdown(out: Path, results: Sequence[dict], title: str, conflicts: 
     if n_nm:
         head += f", {n_nm} not measured"
     lines = [f"## {title}: {len(results)} cells, {head}", "",
-             "| cell | status | p50 ms | noise | vs FP32 | size MB | time s | note |",
+             "| cell | status | p50 ms | noise | accuracy, vs FP32 | size MB | time s | note |",
              "|---|---|---:|---:|---|---:|---:|---|"]
     icon = {"ok": "✅ ok", "failed": "❌ failed", "over_budget": "❌ over budget",
             "not_measured": "⚪ not measured"}

@@ -11,7 +11,7 @@
       calib: digits
       method: minmax
       num_samples: 16
-      eval: null                         # accuracy set (.npz or image folder) for bench --eval
+      eval: null                         # accuracy set for bench --eval: .npz, image folder, or `digits`
       seed: 0
       bench: {iterations: 50, warmup: 5, min_time_s: 0.0, block_size: 5, threads: 1}
       budgets: {max_latency_ms: null, max_accuracy_drop: null, max_kernel_drift: null}
@@ -208,7 +208,7 @@ class Build:
                     except ValidationError as e:
                         errs = "; ".join(f"{_where(x['loc'])}: {x['msg']}" for x in e.errors())
                         raise BadInput(f"{self.path}: cells (for {rid}/{t}/{p}): {errs}") from e
-                    if settings.eval:
+                    if settings.eval and settings.eval != "digits":  # `digits`: the bundled labelled set
                         settings.eval = _resolve_path(settings.eval, self.root)
                     if settings.calib.endswith((".yaml", ".yml")):  # else a calib/NAME.yaml or bundled name
                         settings.calib = _resolve_path(settings.calib, self.root)
