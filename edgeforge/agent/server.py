@@ -689,7 +689,8 @@ def serve(host: str = "127.0.0.1", port: int = 8765, token: str = "", ready=None
     def stop(*_):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
     if ready is not None:
         ready(server)
     try:
