@@ -449,31 +449,39 @@ def agent() -> None:
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where model folders are made (default: the system's temp directory).")
 @click.option("--device-name", default=None, help="The device's description in reports (default: host and CPU).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Serve HTTPS with this PEM certificate (chain); clients trust it via EDGEFORGE_AGENT_CA.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The PEM private key of --tls-cert.")
 @click.option("--quiet", is_flag=True, help="Do not log requests.")
 def agent_serve(host, port, token_file, max_upload_mb, max_queue, read_timeout, run_timeout, model_ttl, workdir,
-                device_name, quiet) -> None:
+                device_name, tls_cert, tls_key, quiet) -> None:
     """Serve the edgeforge agent protocol (edgeforge.runtimes.remote) on this device. Torch-free."""
     import os
 
-    from edgeforge.agent.server import read_token, serve
+    from edgeforge.agent.server import read_token, serve, tls_context
+    from edgeforge.errors import BadInput
 
     token = read_token(token_file)
+    if bool(tls_cert) != bool(tls_key):
+        raise BadInput("--tls-cert and --tls-key go together (a PEM certificate and its private key)")
+    tls = tls_context(tls_cert, tls_key) if tls_cert else None
     if token_file and os.name == "posix" and Path(token_file).stat().st_mode & 0o077:
         err_console.print(f"[yellow]warning[/]: {token_file} can be read by other users of this machine; "
                           f"chmod 600 {token_file}", highlight=False)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in ("127.0.0.1", "localhost", "::1") and tls is None:
         err_console.print(f"[yellow]warning[/]: listening on {host}: plain HTTP, so the token, models and results "
-                          "cross the network unencrypted; prefer 127.0.0.1 behind an SSH tunnel or a TLS proxy "
-                          "(README, 'Device agent')", highlight=False)
+                          "cross the network unencrypted; use --tls-cert/--tls-key, or 127.0.0.1 behind an SSH "
+                          "tunnel (README, 'Device agent')", highlight=False)
 
     def ready(server):
         h, p = server.server_address[:2]
-        click.echo(f"edgeforge agent {__version__} listening on http://{h}:{p} "
+        click.echo(f"edgeforge agent {__version__} listening on {server.scheme}://{h}:{p} "
                    f"(runtimes: {', '.join(f'{k} {v}' for k, v in server.agent.runtimes.items()) or 'none'})",
                    err=False)
         sys.stdout.flush()
 
-    serve(host, port, token, ready=ready, log=not quiet, max_upload_mb=max_upload_mb, max_queue=max_queue,
+    serve(host, port, token, ready=ready, log=not quiet, tls=tls, max_upload_mb=max_upload_mb, max_queue=max_queue,
           read_timeout_s=read_timeout, run_timeout_s=run_timeout, model_ttl_s=model_ttl,
           workdir=Path(workdir) if workdir else None, device=device_name)
 

@@ -402,3 +402,36 @@ def test_agent_modules_import_without_torch():
             "assert 'torch' not in sys.modules\nprint('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_tls_agent_with_a_self_signed_certificate(tmp_path, tiny_art, monkeypatch):  # noqa: F811
+    """--tls-cert/--tls-key: the client reaches https://... trusting the certificate through
+    EDGEFORGE_AGENT_CA; without it the certificate is refused; plain HTTP gets no answer."""
+    import shutil
+
+    from edgeforge.errors import NotAvailable
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "agent.pem", tmp_path / "agent.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    a = AgentProcess(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert a.url.startswith("https://")
+        path = tiny_art / "fp32" / "model.onnx"
+        monkeypatch.delenv("EDGEFORGE_AGENT_CA", raising=False)
+        with pytest.raises(NotAvailable, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            RemoteRunner(a.url, path, "onnxruntime", token=a.token).activate()
+        monkeypatch.setenv("EDGEFORGE_AGENT_CA", str(cert))
+        with RemoteRunner(a.url, path, "onnxruntime", {"threads": 1}, token=a.token) as r, \
+                create_runner("onnxruntime", path, threads=1) as local:
+            np.testing.assert_allclose(r.infer(_feed())["logits"], local.infer(_feed())["logits"], rtol=1e-5)
+            assert len(r.device_latency(_feed(), warmup=1, iterations=10, min_time_s=0.2)["samples_ms"]) >= 10
+        plain = a.url.replace("https://", "http://")
+        with pytest.raises((NotAvailable, AgentError)):
+            RemoteRunner(plain, path, "onnxruntime", token=a.token).activate()
+        assert a.model_folders() == []
+    finally:
+        a.stop()

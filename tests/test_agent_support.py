@@ -45,7 +45,7 @@ class AgentProcess:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         line = self.proc.stdout.readline()
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        m = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", line)
         if not m:
             self.proc.kill()
             raise RuntimeError(f"agent did not start: {line!r} {self.proc.stderr.read()[-3000:]}")

@@ -6,7 +6,8 @@ Security and robustness:
   time (hmac.compare_digest). The token comes from a file (`--token-file`) or the environment
   (EDGEFORGE_AGENT_TOKEN), never from the command line. It says who may use the agent; it does
   not encrypt: over plain HTTP anyone on the path can read it, the models and the results, so
-  reach an agent on another machine through TLS or an SSH tunnel (README).
+  reach an agent on another machine through TLS (`--tls-cert/--tls-key`, the client trusting the
+  certificate through EDGEFORGE_AGENT_CA) or an SSH tunnel (README).
 - Listens on 127.0.0.1 unless told otherwise.
 - Uploads: a size limit (Content-Length checked before reading; a body shorter than announced is
   refused as truncated); only model formats a runtime loads, checked by content: ONNX (protobuf
@@ -35,6 +36,7 @@ import platform
 import select
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -513,8 +515,14 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(fmt, *args)
 
     def setup(self):
+        self.request.settimeout(self.agent.read_timeout_s)
+        if isinstance(self.request, ssl.SSLSocket):
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError):
+                self.request.close()
+                raise
         super().setup()
-        self.connection.settimeout(self.agent.read_timeout_s)
 
     def _send(self, status: int, body: Any, ctype: str = "application/json", headers: dict | None = None):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -530,12 +538,23 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def _gone(self) -> bool:
-        """The client closed its end (readable with nothing to read)."""
+        """The client closed its end (readable with nothing to read). A client sends nothing after
+        its request, so on TLS (no peeking) reading what is there is harmless."""
+        conn = self.connection
         try:
-            r, _, _ = select.select([self.connection], [], [], 0)
+            r, _, _ = select.select([conn], [], [], 0)
             if not r:
                 return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            if not isinstance(conn, ssl.SSLSocket):
+                return conn.recv(1, socket.MSG_PEEK) == b""
+            timeout = conn.gettimeout()
+            conn.settimeout(0)
+            try:
+                return conn.recv(1) == b""
+            except (ssl.SSLWantReadError, BlockingIOError):
+                return False  # a TLS record without application data
+            finally:
+                conn.settimeout(timeout)
         except (OSError, ValueError):
             return True
 
@@ -651,6 +670,16 @@ class AgentServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.agent = agent
         self.log = log
+        self.scheme = "http"
+
+    def handle_error(self, request, client_address):
+        """One line, not a traceback: failed TLS handshakes, timeouts and resets are the client's."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if self.log:
+            print(f"edgeforge agent: connection from {client_address[0]}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
 
 
 def read_token(token_file: str | None) -> str:
@@ -671,13 +700,31 @@ def read_token(token_file: str | None) -> str:
     return token
 
 
+def tls_context(cert: str | os.PathLike, key: str | os.PathLike) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2+) from a PEM certificate chain and its key."""
+    from edgeforge.errors import BadInput
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        raise BadInput(f"--tls-cert {cert} / --tls-key {key}: cannot load them ({e}); PEM files expected") from e
+    return ctx
+
+
 def serve(host: str = "127.0.0.1", port: int = 8765, token: str = "", ready=None, log: bool = True,
-          **agent_options) -> None:
-    """Run the agent until SIGINT/SIGTERM; its temporary files are removed on the way out."""
+          tls: ssl.SSLContext | None = None, **agent_options) -> None:
+    """Run the agent until SIGINT/SIGTERM; its temporary files are removed on the way out. With
+    `tls` the agent speaks HTTPS (the handshake runs in each connection's thread, under the read
+    timeout, so a slow client cannot hold up the others)."""
     import signal
 
     agent = Agent(token, **agent_options)
     server = AgentServer((host, port), agent, log=log)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.scheme = "https"
 
     def janitor():
         while True:

@@ -20,6 +20,8 @@ under the agent's base URL, e.g. `http://jetson.local:8765`:
                                         "peak_rss_delta_mb": float | null}
     DELETE /v1/models/{id}          -> {"deleted": id}
 
+An agent started with `--tls-cert/--tls-key` is reached as https://...; the client checks its
+certificate against the system's CAs or the PEM file named by EDGEFORGE_AGENT_CA.
 Every request but `GET /v1/info` carries `Authorization: Bearer <token>`; the client reads the
 token from EDGEFORGE_AGENT_TOKEN or the file named by EDGEFORGE_AGENT_TOKEN_FILE (never from a
 command line, where other users of the machine could read it). The server is
@@ -50,6 +52,17 @@ from edgeforge.runtimes.base import Runner, RunnerInfo, TensorSpec
 API = "/v1"
 TOKEN_ENV = "EDGEFORGE_AGENT_TOKEN"
 TOKEN_FILE_ENV = "EDGEFORGE_AGENT_TOKEN_FILE"
+CA_ENV = "EDGEFORGE_AGENT_CA"  # PEM file of the CA (or self-signed certificate) an https agent's certificate chains to
+
+
+def _tls_context():
+    """For https agents: the system's trusted CAs, or the file named by $EDGEFORGE_AGENT_CA."""
+    import ssl
+
+    ca = os.environ.get(CA_ENV)
+    if ca and not Path(ca).is_file():
+        raise BadInput(f"{CA_ENV}={ca}: no such file")
+    return ssl.create_default_context(cafile=ca or None)
 
 
 def agent_token(token: str | None = None) -> str | None:
@@ -74,7 +87,8 @@ def _request(url: str, method: str = "GET", data: bytes | None = None, headers: 
              timeout: float = 30.0) -> bytes:
     req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        context = _tls_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.read()
     except urllib.error.HTTPError as e:
         body = e.read()
