@@ -199,7 +199,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, *, key: str | None = None, benc
                                            "sha256": sha256_file(q.onnx_path), "step": precision}
             steps.append(precision)
         result["precision_dir"] = precision
-        if tgt.compile not in ("none", "mlpackage") and tgt.reach.kind == "local":
+        if tgt.compile != "none":  # an engine for a device behind an agent: NotAvailable, built there
             step = "compile"
             t0 = time.perf_counter()
             from edgeforge.errors import NotAvailable
