@@ -435,3 +435,21 @@ def test_tls_agent_with_a_self_signed_certificate(tmp_path, tiny_art, monkeypatc
         assert a.model_folders() == []
     finally:
         a.stop()
+
+
+def test_openvino_ir_upload_as_a_zip(agent, tiny_art, tmp_path):  # noqa: F811
+    """An OpenVINO IR (model.xml + model.bin, as `edgeforge compile` writes it) travels as a zip."""
+    import shutil
+
+    from edgeforge.bench.compile import compile_artifact
+    from edgeforge.runtimes import probe_runtime
+
+    if probe_runtime("openvino") is not None:
+        pytest.skip("OpenVINO is not installed")
+    art = shutil.copytree(tiny_art, tmp_path / "art")
+    ir = compile_artifact(art, "cpu-openvino", "fp32").path
+    assert ir.suffix == ".xml"
+    with RemoteRunner(agent.url, ir, "openvino", {"threads": 1}) as r, \
+            create_runner("onnxruntime", art / "fp32" / "model.onnx", threads=1) as local:
+        np.testing.assert_allclose(r.infer(_feed())["logits"], local.infer(_feed())["logits"], rtol=1e-4, atol=1e-4)
+    assert agent.model_folders() == []
