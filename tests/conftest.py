@@ -64,3 +64,104 @@ def trained(tmp_path_factory):
     ev = load_calib(CalibDef(name="digits-eval", source=Source(kind="digits", split="eval"), count=TRAINED_EVAL),
                     spec)
     return model, str(path), calib, ev
+
+
+# ----------------------------------------------------------------------------- shared helpers
+class OnnxTools:
+    """Export a torch model to an in-memory ONNX model and run it in ONNX Runtime (CPU)."""
+
+    @staticmethod
+    def export(model, inputs, mode: str = "decompose", input_names=None, output_names=None,
+               dynamic_batch: bool = False):
+        """`torch.onnx.export` (TorchScript exporter, opset 17) under edgeforge's custom-op `mode`."""
+        import io
+
+        import onnx
+        import torch
+
+        from edgeforge import ops
+
+        inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
+        if dynamic_batch and input_names is None:
+            input_names = [f"x{i}" for i in range(len(inputs))]
+        f = io.BytesIO()
+        with torch.no_grad(), ops.export_mode(mode):
+            torch.onnx.export(model, inputs, f, dynamo=False, opset_version=17, input_names=input_names,
+                              output_names=output_names,
+                              dynamic_axes={n: {0: "batch"} for n in input_names} if dynamic_batch else None,
+                              custom_opsets=ops.CUSTOM_OPSETS if mode == "plugin" else None)
+        return onnx.load_from_string(f.getvalue())
+
+    @staticmethod
+    def session(proto):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def run(cls, proto, inputs) -> list:
+        """Outputs for `inputs` (torch tensors or arrays) fed in the graph's input order."""
+        import numpy as np
+
+        sess = cls.session(proto)
+        return sess.run(None, {i.name: (t.numpy() if hasattr(t, "numpy") else np.asarray(t))
+                               for i, t in zip(sess.get_inputs(), inputs)})
+
+    @staticmethod
+    def assert_close(got, ref, tol: float = 1e-4, floor: float = 1.0) -> None:
+        """Parity relative to the reference's scale, with an absolute floor (as `export` judges it)."""
+        import numpy as np
+
+        got, ref = np.asarray(got), np.asarray(ref.detach() if hasattr(ref, "detach") else ref)
+        assert got.shape == ref.shape, (got.shape, ref.shape)
+        err = float(np.abs(got - ref).max())
+        assert err <= tol * max(floor, float(np.abs(ref).max())), f"max abs err {err:.3g}"
+
+
+@pytest.fixture(scope="session")
+def onnx_tools():
+    """`OnnxTools`: export a torch model in memory, run it in ONNX Runtime, compare with a reference."""
+    return OnnxTools
+
+
+@pytest.fixture(scope="session")
+def skip_unless_impl():
+    """`skip_unless_impl(name)`: skip the test when custom-op implementation `name` is not present here."""
+    from edgeforge.ops import implementations as impls
+
+    def skip(name: str) -> None:
+        why = impls.unavailable(name)
+        if why:
+            pytest.skip(f"{name}: {why}")
+
+    return skip
+
+
+@pytest.fixture(scope="session")
+def rel_err():
+    """`rel_err(got, ref)`: max abs error over the reference's max abs value (floor 1)."""
+    import numpy as np
+
+    def rel(got, ref) -> float:
+        return float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+    return rel
+
+
+@pytest.fixture(scope="session")
+def tiny_art(tmp_path_factory) -> Path:
+    """A tiny real artifact (tests/test_bench_support.py), read-only, shared by the session; copy it
+    (`tiny_art_rw`) before writing into it."""
+    from test_bench_support import build_tiny_artifact
+
+    return build_tiny_artifact(tmp_path_factory.mktemp("tiny_art"))
+
+
+@pytest.fixture
+def tiny_art_rw(tiny_art, tmp_path) -> Path:
+    """A private, writable copy of the tiny artifact."""
+    import shutil
+
+    dst = tmp_path / "art"
+    shutil.copytree(tiny_art, dst)
+    return dst

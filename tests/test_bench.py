@@ -15,12 +15,12 @@ from edgeforge.bench.memory import PeakMemory, rss_mb
 from edgeforge.errors import BadInput
 from edgeforge.runtimes import create_runner
 from edgeforge.runtimes.base import TensorSpec
-from test_bench_support import MEAN, SHAPE, STD, tiny_art, tiny_art_rw  # noqa: F401  (fixtures)
+from test_bench_support import MEAN, SHAPE, STD
 
 FAST = lat.Settings(warmup=2, warmup_time_s=0.0, iterations=20, block_size=5)
 
 
-def test_measure_alternates_blocks(tiny_art):  # noqa: F811
+def test_measure_alternates_blocks(tiny_art):
     feed = {"input": np.zeros((1, *SHAPE), np.float32)}
     order = []
 
@@ -78,7 +78,7 @@ def test_peak_memory_sees_an_allocation():
         assert "upper bound" in mem.method
 
 
-def test_inputs_follow_the_recipe_spec(tiny_art):  # noqa: F811
+def test_inputs_follow_the_recipe_spec(tiny_art):
     from edgeforge.artifacts import Manifest
 
     export = Manifest(tiny_art).step("export")
@@ -123,7 +123,7 @@ def test_eval_sets_npz_uint8_and_image_folder(tmp_path):
         load_eval_set(tmp_path / "noy.npz", spec)
 
 
-def test_evaluate_labels_and_agreement(tiny_art):  # noqa: F811
+def test_evaluate_labels_and_agreement(tiny_art):
     ev = load_eval_set(tiny_art / "eval.npz", {"shape": SHAPE})
     feed = {"input": np.zeros((1, *SHAPE), np.float32)}
     with create_runner("onnxruntime", tiny_art / "int8-ort" / "model.onnx", threads=1) as q, \
@@ -151,7 +151,7 @@ def _check_report(report, target, precision):
 
 
 @pytest.mark.parametrize("target", ["cpu-ort", "cpu-openvino"])
-def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: F811
+def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):
     from edgeforge.bench.run import bench_artifact
     from edgeforge.report.schema import load_report
 
@@ -180,7 +180,7 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):  # noqa: 
     assert 'data-plot="accuracy-vs-latency"' in index and index.count('data-plot="latency-histogram"') == 2
 
 
-def test_int8_is_compared_with_fp32_without_eval(tiny_art_rw):  # noqa: F811
+def test_int8_is_compared_with_fp32_without_eval(tiny_art_rw):
     from edgeforge.bench.run import CHECK_INPUTS, bench_artifact
 
     r = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1).report
@@ -194,7 +194,7 @@ def test_int8_is_compared_with_fp32_without_eval(tiny_art_rw):  # noqa: F811
     assert r.accuracy.agreement_top1 is not None
 
 
-def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):  # noqa: F811
+def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):
     from edgeforge.bench.run import bench_artifact
 
     res = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1, vs=["cpu-openvino", "rpi5-ort:fp32"])
@@ -216,7 +216,7 @@ def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):  # noqa: F811
     assert code == 2 and "repeats" in err
 
 
-def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):  # noqa: F811
+def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):
     from edgeforge.bench.run import bench_artifact
 
     monkeypatch.delenv("EDGEFORGE_AGENT_RPI5", raising=False)
@@ -229,14 +229,14 @@ def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):  # noqa: 
     assert "not measured" in res.paths["html"].read_text()
 
 
-def test_symmetric_only_target_refuses_asymmetric_int8(tiny_art_rw):  # noqa: F811
+def test_symmetric_only_target_refuses_asymmetric_int8(tiny_art_rw):
     from edgeforge.bench.run import bench_artifact
 
     with pytest.raises(BadInput, match="symmetric-only"):
         bench_artifact(tiny_art_rw, "jetson-orin-nano", "int8-ort", settings=FAST)
 
 
-def test_bench_on_a_device_agent(tiny_art_rw, tmp_path, monkeypatch):  # noqa: F811
+def test_bench_on_a_device_agent(tiny_art_rw, tmp_path, monkeypatch):
     """An agent target measured on the 'device': a real `edgeforge agent serve` process on 127.0.0.1."""
     from edgeforge.bench.run import bench_artifact
     from test_agent_support import AgentProcess
@@ -252,7 +252,7 @@ def test_bench_on_a_device_agent(tiny_art_rw, tmp_path, monkeypatch):  # noqa: F
     assert r.runtime.options["agent"] == agent.url and r.efficiency.peak_figure == "fp32_gflops"
 
 
-def test_bench_and_compile_cli(tiny_art_rw, run_cli):  # noqa: F811
+def test_bench_and_compile_cli(tiny_art_rw, run_cli):
     from edgeforge.artifacts import Manifest, sha256_file
 
     code, out, err = run_cli("bench", tiny_art_rw, "--target", "cpu-ort", "--iterations", "10", "--min-time", "0",

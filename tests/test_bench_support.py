@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edgeforge.artifacts import Manifest, sha256_file
 
@@ -97,17 +96,7 @@ def quantize_with_ort(src: Path, dst: Path, calib: np.ndarray, symmetric: bool) 
                     extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
 
 
-@pytest.fixture(scope="session")
-def tiny_art(tmp_path_factory) -> Path:
-    """A read-only tiny artifact shared by a session (copy it before writing into it)."""
-    return build_tiny_artifact(tmp_path_factory.mktemp("tiny_art"))
-
-
-@pytest.fixture
-def tiny_art_rw(tiny_art, tmp_path) -> Path:
-    """A private, writable copy of the tiny artifact."""
-    import shutil
-
-    dst = tmp_path / "art"
-    shutil.copytree(tiny_art, dst)
-    return dst
+# The `tiny_art` / `tiny_art_rw` fixtures live in conftest.py. These two names stay importable (as
+# plain values, not fixtures) only so that modules still written `from test_bench_support import
+# tiny_art` keep working and share conftest's one session-wide artifact; new code should not import them.
+tiny_art = tiny_art_rw = None

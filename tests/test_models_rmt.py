@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import copy
-import io
 from collections import Counter
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -16,19 +12,6 @@ from edgeforge import ops
 from edgeforge.export.transforms import apply_transforms
 from edgeforge.models import build_model
 from edgeforge.models.layers.manhattan_decay import decay_1d, decay_2d, log_decay
-
-
-def _export(model, inputs, mode="decompose") -> onnx.ModelProto:
-    f = io.BytesIO()
-    with torch.no_grad(), ops.export_mode(mode):
-        torch.onnx.export(model, tuple(inputs), f, dynamo=False, opset_version=17,
-                          custom_opsets=ops.CUSTOM_OPSETS if mode == "plugin" else None)
-    return onnx.load_from_string(f.getvalue())
-
-
-def _ort(proto: onnx.ModelProto, inputs) -> list[np.ndarray]:
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
 
 
 @pytest.fixture(scope="module")
@@ -72,26 +55,26 @@ def test_decomposed_equals_separable_reference(tiny):
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-def test_frozen_tables_are_exact_idempotent_and_simplify_the_graph(tiny):
+def test_frozen_tables_are_exact_idempotent_and_simplify_the_graph(tiny, onnx_tools):
     model, x = tiny
-    before = _export(model, [x])
+    before = onnx_tools.export(model, [x])
     records = apply_transforms(model, ["reparameterize"], (x,), tol=1e-7)
     assert records[0].changed == 4 and records[0].max_abs_err == 0.0  # one table set per stage
     again = apply_transforms(model, ["reparameterize"], (x,), tol=1e-7)  # safe to call twice
     assert again[0].max_abs_err == 0.0
-    after = _export(model, [x])
+    after = onnx_tools.export(model, [x])
     ops_before = Counter(n.op_type for n in before.graph.node)
     ops_after = Counter(n.op_type for n in after.graph.node)
     assert len(after.graph.node) < len(before.graph.node)
     assert ops_before["Abs"] > 0 and not any(ops_after[o] for o in ("Abs", "Range", "Sin", "Cos"))
     ref = model(x).detach().numpy()
-    np.testing.assert_allclose(_ort(after, [x])[0], ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    onnx_tools.assert_close(onnx_tools.run(after, [x])[0], ref)
 
 
-def test_plugin_export_keeps_gated_attention_nodes(tiny):
+def test_plugin_export_keeps_gated_attention_nodes(tiny, onnx_tools):
     model, x = tiny
     apply_transforms(model, ["reparameterize"], (x,))
-    proto = _export(model, [x], mode="plugin")
+    proto = onnx_tools.export(model, [x], mode="plugin")
     custom = [n for n in proto.graph.node if n.domain == ops.DOMAIN]
     # decomposed stages: two per block (rows, columns); full stages: one per block
     assert [n.op_type for n in custom] == ["GatedAttention"] * (2 * 1 + 2 * 1 + 2 + 1)

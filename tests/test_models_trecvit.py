@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -16,18 +13,6 @@ from edgeforge.models.trecvit import TRecViTStep
 
 FRAMES = 16
 STATE = ["lru_state", "conv_state", "pool_sum", "frames_seen"]
-
-
-def _export(model, inputs, mode="decompose", names=None, out_names=None) -> onnx.ModelProto:
-    f = io.BytesIO()
-    with torch.no_grad(), ops.export_mode(mode):
-        torch.onnx.export(model, tuple(inputs), f, dynamo=False, opset_version=17, input_names=names,
-                          output_names=out_names, custom_opsets=ops.CUSTOM_OPSETS if mode == "plugin" else None)
-    return onnx.load_from_string(f.getvalue())
-
-
-def _session(proto):
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -53,32 +38,32 @@ def test_step_model_equals_clip_model_frame_by_frame(clip_and_video):
     assert float(state["frames_seen"][0]) == FRAMES
 
 
-def test_clip_exports_in_both_custom_op_modes(clip_and_video):
+def test_clip_exports_in_both_custom_op_modes(clip_and_video, onnx_tools):
     clip, video = clip_and_video
     x = video[:1]
     ref = clip(x).detach().numpy()
-    proto = _export(clip, [x], "decompose")
+    proto = onnx_tools.export(clip, [x], "decompose")
     assert not any(n.domain == ops.DOMAIN for n in proto.graph.node)
-    out = _session(proto).run(None, {proto.graph.input[0].name: x.numpy()})[0]
-    assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
-    plugin = _export(clip, [x], "plugin")
+    onnx_tools.assert_close(onnx_tools.run(proto, [x])[0], ref)
+    plugin = onnx_tools.export(clip, [x], "plugin")
     assert [n.op_type for n in plugin.graph.node if n.domain == ops.DOMAIN] == ["LinearScan"] * clip.cfg.depth
 
 
 @torch.no_grad()
-def test_exported_step_model_streams_like_the_clip_model(clip_and_video):
+def test_exported_step_model_streams_like_the_clip_model(clip_and_video, onnx_tools):
     """The ONNX step model, fed its own state frame by frame in ONNX Runtime, equals torch's clip."""
     clip, video = clip_and_video
     step = TRecViTStep(clip).eval()
     example = step.export_inputs(1)
-    proto = _export(step, list(example.values()), names=list(example), out_names=step.export_output_names)
+    proto = onnx_tools.export(step, list(example.values()), input_names=list(example),
+                             output_names=step.export_output_names)
     assert [i.name for i in proto.graph.input] == list(example)
-    sess = _session(proto)
+    sess = onnx_tools.session(proto)
     # parity at the mid-stream example state
     refs = step(**example)
     outs = sess.run(None, {k: v.numpy() for k, v in example.items()})
     for o, r in zip(outs, refs):
-        assert np.abs(o - r.numpy()).max() <= 1e-4 * max(1.0, np.abs(r.numpy()).max())
+        onnx_tools.assert_close(o, r)
     # streaming from the initial state
     state = {k: v.numpy() for k, v in step.initial_state(1).items()}
     x = video[:1]

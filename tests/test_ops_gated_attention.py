@@ -19,16 +19,6 @@ def native_build():
     return build.build(fetch=False)
 
 
-def _skip_unless(name: str) -> None:
-    why = impls.unavailable(name)
-    if why:
-        pytest.skip(f"{name}: {why}")
-
-
-def _rel_err(got, ref) -> float:
-    return float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
-
-
 def _case(B, H, N, M, D, Dv, bias_shape=None, log_f=False, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(B, H, N, D)).astype(np.float32)
@@ -69,8 +59,8 @@ CASES = {
 @pytest.mark.parametrize("impl", [pytest.param(i, marks=pytest.mark.gpu) if i == "tensorrt" else i
                                   for i in impls.ATTENTION_IMPLS if i != "torch"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_gated_attention_parity(impl, name):
-    _skip_unless(impl)
+def test_gated_attention_parity(impl, name, skip_unless_impl, rel_err):
+    skip_unless_impl(impl)
     B, H, N, M, D, Dv, bias_shape, log_f, causal = CASES[name]
     q, k, v, bias, lf = _case(B, H, N, M, D, Dv, None if bias_shape == "rmt" else bias_shape, log_f,
                               seed=len(name))
@@ -79,33 +69,33 @@ def test_gated_attention_parity(impl, name):
     ref = impls.gated_attention("torch", q, k, v, bias, lf, None, causal)
     out = impls.gated_attention(impl, q, k, v, bias, lf, None, causal)
     assert out.shape == (B, H, N, Dv)
-    assert _rel_err(out, ref) <= TOL
+    assert rel_err(out, ref) <= TOL
 
 
 # The native cores keep c = cumsum(log_f) in double; the torch reference and the ONNX decomposition
 # hold it in fp32 as FoX does, so their c_i - c_j carries the rounding of |c| (about 2e-4 at 3000).
 @pytest.mark.parametrize("impl,tol", [("cpu-core", TOL), ("ort-kernel", TOL), ("torch", 1e-4), ("onnx-decompose", 1e-4)])
-def test_forget_gate_is_stable_over_long_sequences(impl, tol):
+def test_forget_gate_is_stable_over_long_sequences(impl, tol, skip_unless_impl, rel_err):
     """Strong forgetting over 784 steps: cumsum(log_f) reaches about -3000, so exp(c) underflows and
     exp(-c) overflows; the result must still be finite and match the float64 reference."""
-    _skip_unless(impl)
+    skip_unless_impl(impl)
     q, k, v, _, _ = _case(1, 1, 784, 784, 16, 16, seed=9)
     lf = np.full((1, 1, 784), np.log(0.02), np.float32)
     ref = impls.gated_attention("numpy", q, k, v, log_f=lf)
     out = impls.gated_attention(impl, q, k, v, log_f=lf)
     assert np.isfinite(out).all()
-    assert _rel_err(out, ref) <= tol
+    assert rel_err(out, ref) <= tol
 
 
-def test_masked_bias_entries_are_honoured():
+def test_masked_bias_entries_are_honoured(skip_unless_impl, rel_err):
     """-inf in a given bias masks keys exactly (the CPU core and the torch reference agree)."""
-    _skip_unless("cpu-core")
+    skip_unless_impl("cpu-core")
     q, k, v, bias, _ = _case(1, 1, 4, 6, 8, 8, bias_shape=(1, 1, 4, 6), seed=2)
     bias[..., 3:] = -np.inf
     ref = impls.gated_attention("torch", q, k, v, bias)
     np.testing.assert_allclose(ref, impls.gated_attention("torch", q, k[:, :, :3], v[:, :, :3], bias[..., :3]),
                                atol=1e-6)
-    assert _rel_err(impls.gated_attention("cpu-core", q, k, v, bias), ref) <= TOL
+    assert rel_err(impls.gated_attention("cpu-core", q, k, v, bias), ref) <= TOL
 
 
 # --------------------------------------------------------------------------- bad input
@@ -128,8 +118,8 @@ def test_torch_api_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize("impl", ["numpy", "cpu-core", *(f"cpu-core@{p}" for p in native.ISA_PATHS)])
-def test_non_finite_inputs_are_rejected(impl):
-    _skip_unless(impl)
+def test_non_finite_inputs_are_rejected(impl, skip_unless_impl):
+    skip_unless_impl(impl)
     q, k, v, bias, lf = _case(1, 1, 4, 4, 8, 8, bias_shape=(4, 4), log_f=True, seed=4)
     k[0, 0, 1, 2] = np.nan
     with pytest.raises(OpInputError, match="k has a non-finite"):
@@ -142,8 +132,8 @@ def test_non_finite_inputs_are_rejected(impl):
         impls.gated_attention(impl, q, np.nan_to_num(k), v, log_f=lf)
 
 
-def test_ort_kernel_reports_bad_input_clearly():
-    _skip_unless("ort-kernel")
+def test_ort_kernel_reports_bad_input_clearly(skip_unless_impl):
+    skip_unless_impl("ort-kernel")
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

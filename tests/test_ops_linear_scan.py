@@ -21,16 +21,6 @@ def native_build():
     return build.build(fetch=False)
 
 
-def _skip_unless(name: str) -> None:
-    why = impls.unavailable(name)
-    if why:
-        pytest.skip(f"{name}: {why}")
-
-
-def _rel_err(got, ref) -> float:
-    return float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
-
-
 def _case(B, T, C, seed, lo=0.5, hi=1.0):
     rng = np.random.default_rng(seed)
     return (rng.uniform(lo, hi, (B, T, C)).astype(np.float32), rng.normal(size=(B, T, C)).astype(np.float32),
@@ -45,8 +35,8 @@ CASES = [(1, 1, 4, False, False), (2, 1, 3, True, True), (2, 7, 5, False, True),
 @pytest.mark.parametrize("impl", [pytest.param(i, marks=pytest.mark.gpu) if i == "tensorrt" else i
                                   for i in impls.SCAN_IMPLS if i != "torch"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-T{}-C{}-rev{:d}-h0{:d}".format(*c))
-def test_linear_scan_parity(impl, case):
-    _skip_unless(impl)
+def test_linear_scan_parity(impl, case, skip_unless_impl, rel_err):
+    skip_unless_impl(impl)
     B, T, C, reverse, with_h0 = case
     if impl == "onnx-parallel" and T > 64:
         pytest.skip("the O(T^2) parallel form is meant for T <= 64 (fp32 cumsum differences lose digits beyond)")
@@ -55,15 +45,15 @@ def test_linear_scan_parity(impl, case):
     ref_h, ref_last = impls.linear_scan("torch", a, b, h0, reverse)
     h, last = impls.linear_scan(impl, a, b, h0, reverse)
     assert h.shape == (B, T, C) and last.shape == (B, C)
-    assert _rel_err(h, ref_h) <= TOL
-    assert _rel_err(last, ref_last) <= TOL
+    assert rel_err(h, ref_h) <= TOL
+    assert rel_err(last, ref_last) <= TOL
     np.testing.assert_array_equal(last, h[:, 0 if reverse else -1])
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(B=st.integers(1, 3), T=st.integers(1, 40), C=st.integers(1, 17), reverse=st.booleans(),
        with_h0=st.booleans(), seed=st.integers(0, 2**16))
-def test_linear_scan_property(B, T, C, reverse, with_h0, seed):
+def test_linear_scan_property(B, T, C, reverse, with_h0, seed, rel_err):
     # Any real decay, including negative and slightly expanding ones (|a| <= 1.1).
     a, b, h0 = _case(B, T, C, seed, lo=-1.1, hi=1.1)
     h0 = h0 if with_h0 else None
@@ -72,11 +62,11 @@ def test_linear_scan_property(B, T, C, reverse, with_h0, seed):
         if impls.unavailable(impl):
             continue
         h, last = impls.linear_scan(impl, a, b, h0, reverse)
-        assert _rel_err(h, ref_h) <= TOL, impl
-        assert _rel_err(last, ref_last) <= TOL, impl
+        assert rel_err(h, ref_h) <= TOL, impl
+        assert rel_err(last, ref_last) <= TOL, impl
 
 
-def test_linear_scan_decompositions_fp16():
+def test_linear_scan_decompositions_fp16(rel_err):
     """fp16 where the implementation supports it: the unrolled decomposition on ONNX Runtime CPU."""
     from edgeforge.ops import decompose
 
@@ -85,7 +75,7 @@ def test_linear_scan_decompositions_fp16():
     h, last = impls.ort_session(model.SerializeToString(), custom_ops=False).run(
         None, {"a": a.astype(np.float16), "b": b.astype(np.float16)})
     ref_h, ref_last = impls.linear_scan("torch", a, b)
-    assert h.dtype == np.float16 and _rel_err(h.astype(np.float32), ref_h) <= 1e-2
+    assert h.dtype == np.float16 and rel_err(h.astype(np.float32), ref_h) <= 1e-2
 
 
 def test_reverse_is_the_flipped_scan():
@@ -110,8 +100,8 @@ def test_torch_api_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize("impl", ["numpy", "cpu-core", *(f"cpu-core@{p}" for p in native.ISA_PATHS)])
-def test_non_finite_inputs_are_rejected(impl):
-    _skip_unless(impl)
+def test_non_finite_inputs_are_rejected(impl, skip_unless_impl):
+    skip_unless_impl(impl)
     a, b, h0 = _case(1, 4, 3, seed=1)
     b[0, 2, 1] = np.nan
     with pytest.raises(OpInputError, match="non-finite"):
@@ -121,8 +111,8 @@ def test_non_finite_inputs_are_rejected(impl):
         impls.linear_scan(impl, a, np.nan_to_num(b), h0)
 
 
-def test_ort_kernel_reports_bad_input_clearly():
-    _skip_unless("ort-kernel")
+def test_ort_kernel_reports_bad_input_clearly(skip_unless_impl):
+    skip_unless_impl("ort-kernel")
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

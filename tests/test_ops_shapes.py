@@ -3,28 +3,15 @@ so that ONNX inference types the whole plugin-mode graph and onnxslim simplifies
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
-from edgeforge import ops
 from edgeforge.export.simplify import simplify
 from edgeforge.models import build_model
 from edgeforge.ops import decompose, schema, shapes
 from edgeforge.ops import implementations as impls
-
-
-def _export(model, inputs, mode: str, dynamic_batch: bool = False) -> onnx.ModelProto:
-    f = io.BytesIO()
-    names = [f"x{i}" for i in range(len(inputs))]
-    with torch.no_grad(), ops.export_mode(mode):
-        torch.onnx.export(model, tuple(inputs), f, dynamo=False, opset_version=17, input_names=names,
-                          dynamic_axes={n: {0: "batch"} for n in names} if dynamic_batch else None,
-                          custom_opsets=ops.CUSTOM_OPSETS if mode == "plugin" else None)
-    return onnx.load_from_string(f.getvalue())
 
 
 def test_output_shape_rules():
@@ -58,12 +45,12 @@ FAMILIES = {  # every family whose models emit edgeforge:: nodes: builder, input
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_plugin_mode_exports_are_typed_and_simplified(name):
+def test_plugin_mode_exports_are_typed_and_simplified(name, onnx_tools, skip_unless_impl):
     builder, size, shape = FAMILIES[name]
     torch.manual_seed(0)
     model = build_model(builder, img_size=size).eval()
     inputs = [torch.randn(*shape)]
-    raw = _export(model, inputs, "plugin")
+    raw = onnx_tools.export(model, inputs, "plugin", input_names=[f"x{i}" for i in range(len(inputs))])
     custom = [n for n in raw.graph.node if n.domain == schema.DOMAIN]
     assert custom, f"{name} emitted no edgeforge:: node in plugin mode"
     stored = shapes.untyped_tensors(raw, infer=False)
@@ -75,8 +62,7 @@ def test_plugin_mode_exports_are_typed_and_simplified(name):
     kept, record = simplify(typed)
     assert "onnxslim failed" not in record.reason, record.reason
     # The graph onnxslim returns still runs (ORT kernel) and agrees with the raw export.
-    if impls.unavailable("ort-kernel"):
-        pytest.skip(impls.unavailable("ort-kernel"))
+    skip_unless_impl("ort-kernel")
     feeds = {f"x{i}": t.numpy() for i, t in enumerate(inputs)}
     want = impls.ort_session(raw.SerializeToString(), custom_ops=True).run(None, feeds)
     got = impls.ort_session(kept.SerializeToString(), custom_ops=True).run(None, feeds)

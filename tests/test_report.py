@@ -16,26 +16,27 @@ from pydantic import ValidationError
 
 from edgeforge.errors import BadInput
 from edgeforge.report.schema import Report, load_report
-from test_bench_support import build_tiny_artifact
 
 CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> dict[str, Path]:
+def reports(tiny_art, tmp_path_factory) -> dict[str, Path]:
     """Real reports: FP32 and INT8 (with labels) on cpu-ort and cpu-openvino, one not measured."""
     from edgeforge.bench.latency import Settings
     from edgeforge.bench.run import bench_artifact
 
-    art = build_tiny_artifact(tmp_path_factory.mktemp("report_art"))
+    art = tmp_path_factory.mktemp("report_art") / "art"
+    shutil.copytree(tiny_art, art)
     fast = Settings(warmup=2, warmup_time_s=0.0, iterations=20, block_size=5)
     out = {}
     for target in ("cpu-ort", "cpu-openvino"):
         for precision in ("fp32", "int8-ort"):
             res = bench_artifact(art, target, precision, eval_dataset=art / "eval.npz", settings=fast, threads=1)
             out[f"{target}-{precision}"] = res.paths["json"]
-    os.environ.pop("EDGEFORGE_AGENT_RPI5", None)
-    out["rpi5-ort-fp32"] = bench_artifact(art, "rpi5-ort", "fp32", settings=fast).paths["json"]
+    with pytest.MonkeyPatch.context() as mp:  # unset for this call only, not for the tests after it
+        mp.delenv("EDGEFORGE_AGENT_RPI5", raising=False)
+        out["rpi5-ort-fp32"] = bench_artifact(art, "rpi5-ort", "fp32", settings=fast).paths["json"]
     return out
 
 

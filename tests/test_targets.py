@@ -8,7 +8,6 @@ import pytest
 from edgeforge import targets
 from edgeforge.errors import BadInput
 from edgeforge.targets.constraints import summarize_qdq, violations
-from test_bench_support import tiny_art  # noqa: F401  (fixture)
 
 REQUIRED = {"cpu-ort", "cpu-openvino", "jetson-orin-nano", "jetson-agx-orin", "gpu-tensorrt", "apple-ane", "rpi5-ort"}
 
@@ -91,7 +90,7 @@ def test_host_peak_estimate_is_labelled(monkeypatch):
     assert p.fp32_gflops is None and p.int8_gops is None
 
 
-def test_qdq_constraints(tiny_art):  # noqa: F811
+def test_qdq_constraints(tiny_art):
     trt = targets.load("gpu-tensorrt").quantization
     ort = targets.load("cpu-ort").quantization
     asym = summarize_qdq(tiny_art / "int8-ort" / "model.onnx")
