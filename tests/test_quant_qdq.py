@@ -106,21 +106,25 @@ def test_methods_run_in_ort_and_openvino(trained, method):
     assert float((ov_out.argmax(-1) == ev.labels).mean()) >= fp32_acc - allowed, method
 
 
-def test_lower_bits_and_symmetric_target(fp32, data):
+def test_lower_bits_and_symmetric_target(fp32, data, centred_cosine):
+    # Judged on centred outputs: the tiny model's logits have cosine 0.983 with a constant output,
+    # centred cosine 0. Measured (AMD EPYC): 1 - centred cosine w8a8 0.0020, w6a6 0.0096, w4a4 0.12.
     ref = _logits(fp32, data)
     errs = {}
     for bits in ("w8a8", "w6a6", "w4a4"):
         q = quantize_onnx(fp32, data[:8], "mse", resolve(bits, method="mse"), show_progress=False)
-        errs[bits] = 1 - cosine(ref, _logits(q.model, data))
+        errs[bits] = 1 - centred_cosine(ref, _logits(q.model, data))
         # 8-bit containers with the narrower range
         if bits != "w8a8":
             wq = next(iter(q.weight_q.values()))
             assert wq.qmax == 2 ** (int(bits[1]) - 1) - 1
-    assert errs["w8a8"] < errs["w6a6"] < errs["w4a4"]
+    assert errs["w8a8"] < errs["w6a6"] < errs["w4a4"] and errs["w8a8"] < 0.01
     trt = quantize_onnx(fp32, data[:8], "minmax", resolve("w8a8", "gpu-tensorrt"), show_progress=False)
     for qp in trt.act_q.values():
         assert qp.signed and int(qp.zero_point) == 0
-    assert cosine(ref, _logits(trt.model, data)) > 0.98
+    # measured centred cosine 0.998; one activation scale 16x too wide: 0.973 (worst layer), 4x too
+    # narrow (clipping): 0.59; a constant output: 0
+    assert centred_cosine(ref, _logits(trt.model, data)) > 0.99
 
 
 def test_keep_fp_and_analysis(fp32, data):

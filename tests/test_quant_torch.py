@@ -16,7 +16,7 @@ from edgeforge.quant.quantizers import cosine
 from edgeforge.quant.scheme import resolve
 
 
-def test_simulation_matches_qdq_export(tmp_path):
+def test_simulation_matches_qdq_export(tmp_path, centred_cosine):
     x = calib_x(24)
     model = tiny_model()
     ref = model(torch.from_numpy(x)).detach().numpy()
@@ -31,7 +31,9 @@ def test_simulation_matches_qdq_export(tmp_path):
                       resolve("w8a8"), show_progress=False)
     assert len(q.act_q) == len(sim.act_quantizers)  # same placement rules on both sides
     o = run_outputs(q.model, x, ["logits"])["logits"]
-    assert cosine(s, o) > 0.9995 and cosine(ref, s) > 0.99
+    # centred cosine (a constant output scores 0; plain cosine of these logits with a constant is 0.987):
+    # measured simulation vs FP32 0.996; a w4a4-sized error gives 0.88-0.93
+    assert cosine(s, o) > 0.9995 and centred_cosine(s, o) > 0.995 and centred_cosine(ref, s) > 0.98
     sim.set_enabled(False)
     assert np.allclose(sim(torch.from_numpy(x)).numpy(), ref, atol=1e-4)
 
@@ -58,14 +60,15 @@ def test_simulation_rounds_biases_like_the_qdq_model(tmp_path):
         assert not torch.equal(m.bq, m.inner.bias.detach())
 
 
-def test_options_log_softmax_keep_fp_and_bad_models():
+def test_options_log_softmax_keep_fp_and_bad_models(centred_cosine):
     x = calib_x(8)
     model = tiny_model()
     ref = model(torch.from_numpy(x)).detach().numpy()
     lg = quantize(model, x, "percentile", bits="w8a8", softmax_quantizer="logsqrt2")
     kinds = {q.qparams.kind for q in lg.act_quantizers.values()}
     assert "logsqrt2" in kinds
-    assert cosine(ref, lg(torch.from_numpy(x)).numpy()) > 0.98
+    # measured centred cosine 0.992 (the same at w4a4: 0.926; a constant output: 0)
+    assert centred_cosine(ref, lg(torch.from_numpy(x)).numpy()) > 0.97
     kept = quantize(model, x, "minmax", bits="w4a4", keep_fp=["head"])
     assert kept.kept_fp == ["head"] and "head" not in kept.weight_quantizers
     with pytest.raises(BadInput, match="no Conv/Linear/matmul"):
