@@ -130,10 +130,15 @@ def test_evaluate_labels_and_agreement(tiny_art):
             create_runner("onnxruntime", tiny_art / "fp32" / "model.onnx", threads=1) as f:
         res_fp32 = evaluate(f, ev, feed, "input")
         res = evaluate(q, ev, feed, "input", reference=f, reference_name="fp32")
-    # The labels are the FP32 predictions on the first half and shifted on the second.
+    # The labels are the FP32 predictions on the first half and shifted on the second, and those
+    # predictions are not one class (a constant predictor scores at most 12.5% top-1 on them).
+    y = np.load(tiny_art / "eval.npz")["y"]
+    assert len(set(y[:12].tolist())) >= 8 and max(np.bincount(y)) <= 3
     assert res_fp32["top1"] == 50.0 and res_fp32["top5"] >= 50.0
     assert res["labels"] and res["num_samples"] == 24 and res["reference"] == "fp32"
-    assert 0 <= res["agreement_top1"] <= 100 and res["sqnr_db"] > 10
+    # INT8 (ORT quantize_static, 8 calibration samples) against FP32, measured: agreement 100%,
+    # SQNR 25.1 dB; the batch-mean (constant) output scores 5.0 dB and 12.5% agreement.
+    assert res["agreement_top1"] >= 90 and res["sqnr_db"] > 15
 
 
 def _check_report(report, target, precision):
@@ -164,7 +169,7 @@ def test_bench_fp32_and_int8_write_valid_reports(tiny_art_rw, target):
     _check_report(r, target, "int8-ort")
     assert r.latency.interleaved_with == [f"{target}/fp32"] and r.baseline.precision == "fp32"
     assert r.baseline.speedup == pytest.approx(r.baseline.p50 / r.latency.p50)
-    assert r.accuracy.agreement_top1 is not None and r.accuracy.sqnr_db is not None
+    assert r.accuracy.agreement_top1 >= 90 and r.accuracy.sqnr_db > 15  # as in test_evaluate_labels_and_agreement
     assert r.model.quant["qdq"]["weights_per_channel"] > 0
     assert r.model.quant["calibration"] == {"name": "tiny", "count": 8, "hash": "ab" * 8}
     assert r.model.quant["scheme"]["activations"] == "uint8 asymmetric per-tensor"
@@ -186,12 +191,18 @@ def test_int8_is_compared_with_fp32_without_eval(tiny_art_rw):
     r = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1).report
     a = r.accuracy
     assert a.num_samples == CHECK_INPUTS and not a.labels and a.reference == "fp32 (cpu-ort)"
-    assert a.agreement_top1 is not None and a.sqnr_db > 10 and "timed input" in a.dataset
+    # On the timed inputs (uniform noise pixels, all alike to a net that tells colours apart) a constant
+    # output scores 14 dB, more than INT8 (measured 8.5-9 dB): SQNR cannot discriminate here (the --eval
+    # test above does); this checks the comparison runs, on those inputs.
+    assert a.agreement_top1 is not None and a.sqnr_db > 5 and "timed input" in a.dataset
+    first = a
     assert r.kernel_fidelity.inputs == a.dataset and r.kernel_fidelity.num_samples == CHECK_INPUTS
     # without the FP32 model timed alongside, the reference is the FP32 ONNX in ONNX Runtime here
     r = bench_artifact(tiny_art_rw, "cpu-ort", "int8-ort", settings=FAST, threads=1, baseline=False).report
     assert r.baseline is None and r.accuracy.reference == "fp32 (onnxruntime on this host)"
-    assert r.accuracy.agreement_top1 is not None
+    # the same FP32 model in the same runtime on the same inputs: the same comparison
+    assert r.accuracy.agreement_top1 == first.agreement_top1
+    assert r.accuracy.sqnr_db == pytest.approx(first.sqnr_db, rel=1e-4)
 
 
 def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):
