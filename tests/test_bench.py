@@ -223,8 +223,15 @@ def test_two_runtimes_alternate_in_one_run(tiny_art_rw, run_cli):
                              "--block-size", "5", "--threads", "1", "--vs", "cpu-openvino")
     assert code == 0, err
     assert "fp32 @ cpu-openvino" in out and "fp32 @ cpu-ort" in out
+    before = sorted(p.relative_to(tiny_art_rw) for p in tiny_art_rw.rglob("*"))
     code, out, err = run_cli("bench", tiny_art_rw, "--vs", "cpu-ort")
     assert code == 2 and "repeats" in err
+    # a --vs naming no target, or a precision the artifact lacks: exit 2 with the reason, nothing run
+    code, out, err = run_cli("bench", tiny_art_rw, "--vs", "nope-target")
+    assert code == 2 and "unknown target 'nope-target'" in err
+    code, out, err = run_cli("bench", tiny_art_rw, "--vs", "cpu-openvino:int8-nope")
+    assert code == 2 and "int8-nope" in err
+    assert sorted(p.relative_to(tiny_art_rw) for p in tiny_art_rw.rglob("*")) == before
 
 
 def test_unreachable_target_is_not_measured(tiny_art_rw, monkeypatch):

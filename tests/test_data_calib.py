@@ -142,3 +142,10 @@ def test_calib_cli(run_cli, tmp_path):
                  cols=2, rows=2)
     code, _, err = run_cli("calib", "show", "nope_set")
     assert code == 2 and "nope_set" in err
+    # a folder with no images: exit 2 naming it, and no YAML written
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("calib", "make", tmp_path / "empty", "--out", tmp_path / "e.yaml")
+    assert code == 2 and "empty" in err and "no samples found" in err
+    assert not (tmp_path / "e.yaml").exists()
+    code, _, err = run_cli("calib", "make", tmp_path / "nowhere", "--out", tmp_path / "n.yaml")
+    assert code == 2 and "nowhere" in err and not (tmp_path / "n.yaml").exists()

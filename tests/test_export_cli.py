@@ -164,6 +164,20 @@ def test_cli_help_version_and_every_command(run_cli):
     assert code == 0 and __version__ in out and "edgeforge" in out
 
 
+def test_recipes_show_of_a_path(run_cli, tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("family: mine\nbuilder: timm:mobilenetv3_small_050\ninput: {shape: [3, 64, 64]}\n")
+    code, out, err = run_cli("recipes", "show", f, "--no-measure")
+    assert code == 0, err
+    assert "mine" in out and "timm:mobilenetv3_small_050" in out and "- 64" in out
+    code, _, err = run_cli("recipes", "show", tmp_path / "missing.yaml")
+    assert code == 2 and "missing.yaml" in err and "no such recipe file" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: x\nbuilder: timm:resnet18\ninput: {shape: [3, 224]}\n")
+    code, _, err = run_cli("recipes", "show", bad, "--no-measure")
+    assert code == 2 and "bad.yaml" in err and "input" in err
+
+
 def test_recipes_list_and_show(run_cli):
     code, out, _ = run_cli("recipes")
     assert code == 0 and "efficientformer_l1" in out and "12.29M" in out

@@ -37,11 +37,17 @@ def test_build_says_what_it_built_and_why_it_skipped(report, run_cli):
     assert code == 0 and "cpu" in out and "built" in out
 
 
-def test_build_without_a_compiler_reports_instead_of_failing(tmp_path, monkeypatch):
+def test_build_without_a_compiler_reports_instead_of_failing(tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv("PATH", str(tmp_path))  # no cmake, no c++
     r = build.build(tmp_path / "b", fetch=False)
     assert not any(p.built for p in r.parts.values())
     assert all("cmake" in p.reason or "compiler" in p.reason for p in r.parts.values())
+    # `plugins build --require` exits 1 naming the part it could not build, and why
+    code, out, err = run_cli("plugins", "build", "--build-dir", tmp_path / "c", "--no-fetch", "--require", "cpu")
+    assert code == 1 and "required plugin parts not built: cpu" in err
+    assert "cmake" in out or "compiler" in out
+    code, _, err = run_cli("plugins", "build", "--build-dir", tmp_path / "c", "--require", "gpu")
+    assert code == 2 and "gpu" in err  # not a part
 
 
 def test_cpu_core_under_address_sanitizer(report):

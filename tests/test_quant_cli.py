@@ -51,3 +51,43 @@ def test_quantize_cli_bad_input(run_cli, tmp_path):
     code, _, err = run_cli("quantize", art, "--calib", "natural", "--method", "ort", "--bits", "w4a4",
                            "--num-samples", "4")
     assert code == 2 and "8-bit only" in err
+
+
+def test_quantize_cli_force_no_analysis_and_bits(run_cli, tmp_path):
+    art = make_artifact(tmp_path / "art")
+    args = ("quantize", art, "--calib", "natural", "--method", "minmax", "--num-samples", "4", "--no-sim")
+    code, out, err = run_cli(*args, "--no-analysis")
+    assert code == 0, err
+    qdir = art / "int8-minmax"
+    q = json.loads((qdir / "quant.json").read_text())
+    assert "analysis" not in q and "most sensitive layers" not in out
+    assert "analysis_outputs" not in Manifest(art).step("int8-minmax")
+    # up to date, then --force runs it again and rewrites the files
+    mtime = (qdir / "model.onnx").stat().st_mtime_ns
+    code, out, _ = run_cli(*args, "--no-analysis")
+    assert code == 0 and "up to date" in out and (qdir / "model.onnx").stat().st_mtime_ns == mtime
+    code, out, err = run_cli(*args, "--no-analysis", "--force")
+    assert code == 0, err
+    assert "up to date" not in out and (qdir / "model.onnx").stat().st_mtime_ns != mtime
+    assert Manifest(art).step("int8-minmax")["files"]["int8-minmax/model.onnx"] == sha256_file(qdir / "model.onnx")
+    # --bits w6a6: 6-bit weights and activations in 8-bit containers, in their own directory
+    mtime = (qdir / "model.onnx").stat().st_mtime_ns
+    code, out, err = run_cli(*args, "--no-analysis", "--bits", "w6a6")
+    assert code == 0, err
+    w6 = art / "int8-minmax-w6a6"
+    q = json.loads((w6 / "quant.json").read_text())
+    assert q["bits"] == "w6a6" and Manifest(art).step("int8-minmax-w6a6")["bits"] == "w6a6"
+    assert all(v["bits"] == 6 for v in q["quantizers"]["activations"].values())
+    assert (qdir / "model.onnx").stat().st_mtime_ns == mtime  # the w8a8 model is left as it was
+    from onnx import numpy_helper
+
+    model = onnx.load(str(w6 / "model.onnx"))
+    codes = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8
+             and i.dims and len(i.dims) >= 2]
+    assert codes and max(int(abs(c.astype(int)).max()) for c in codes) <= 31  # 6-bit signed: [-31, 31]
+    # a bits value that is not offered: exit 2, nothing written
+    files = sorted(p.relative_to(art) for p in art.rglob("*"))
+    manifest = (art / "manifest.json").read_bytes()
+    code, _, err = run_cli(*args, "--bits", "w9a9")
+    assert code == 2 and "w9a9" in err
+    assert sorted(p.relative_to(art) for p in art.rglob("*")) == files and (art / "manifest.json").read_bytes() == manifest
