@@ -161,22 +161,19 @@ class TinyScanAttention(torch.nn.Module):
         return (o1 + o2).transpose(1, 2).reshape(B, N, C), last
 
 
-def _export(model, x, mode: str, path: Path) -> onnx.ModelProto:
-    with ops.export_mode(mode):
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, custom_opsets=ops.CUSTOM_OPSETS,
-                          input_names=["x"], output_names=["y", "h_last"])
-    m = onnx.load(str(path))
+def _export_checked(onnx_tools, model, x, mode: str):
+    m = onnx_tools.export(model, [x], mode, input_names=["x"], output_names=["y", "h_last"])
     onnx.checker.check_model(m)
     return m
 
 
-def test_tiny_model_exports_with_plugin_and_decompose_and_both_agree(tmp_path, report):
+def test_tiny_model_exports_with_plugin_and_decompose_and_both_agree(report, onnx_tools, skip_unless_impl):
     model = TinyScanAttention().eval()
     x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = [t.numpy() for t in model(x)]
-    dec = _export(model, x, "decompose", tmp_path / "decompose.onnx")
-    plug = _export(model, x, "plugin", tmp_path / "plugin.onnx")
+    dec = _export_checked(onnx_tools, model, x, "decompose")
+    plug = _export_checked(onnx_tools, model, x, "plugin")
 
     assert not native.uses_custom_ops(dec)
     custom = [n for n in plug.graph.node if n.domain == schema.DOMAIN]
@@ -188,10 +185,8 @@ def test_tiny_model_exports_with_plugin_and_decompose_and_both_agree(tmp_path, r
     feeds = {"x": x.numpy()}
     out_dec = impls.ort_session(dec.SerializeToString(), custom_ops=False).run(None, feeds)
     for got, want in zip(out_dec, ref):
-        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
-    why = impls.unavailable("ort-kernel")
-    if why:
-        pytest.skip(f"plugin-mode model cannot run on ONNX Runtime here: {why}")
+        onnx_tools.assert_close(got, want, tol=1e-5)
+    skip_unless_impl("ort-kernel")  # the plugin-mode model needs the ORT kernels
     out_plug = impls.ort_session(plug.SerializeToString(), custom_ops=True).run(None, feeds)
     for got, want, dec_out in zip(out_plug, ref, out_dec):
         scale = max(1.0, np.abs(want).max())
@@ -207,7 +202,7 @@ def test_export_mode_rejects_unknown_mode():
 
 # --------------------------------------------------------------------------- TensorRT (GPU)
 @pytest.mark.gpu
-def test_tensorrt_plugins_run_the_tiny_model(tmp_path, report):
+def test_tensorrt_plugins_run_the_tiny_model(tmp_path, report, onnx_tools):
     from edgeforge.ops import tensorrt_check
 
     ok, why = tensorrt_check.available()
@@ -217,7 +212,7 @@ def test_tensorrt_plugins_run_the_tiny_model(tmp_path, report):
     x = torch.randn(1, 9, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = [t.numpy() for t in model(x)]
-    _export(model, x, "plugin", tmp_path / "plugin.onnx")
+    onnx.save(_export_checked(onnx_tools, model, x, "plugin"), str(tmp_path / "plugin.onnx"))
     out = tensorrt_check.run_onnx(tmp_path / "plugin.onnx", {"x": x.numpy()})
     for name, want in zip(["y", "h_last"], ref):
         assert np.abs(out[name] - want).max() <= 1e-5 * max(1.0, np.abs(want).max())

@@ -6,7 +6,6 @@ AddressSanitizer + UBSan. Needs only TensorRT's headers (fetched by `edgeforge p
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,7 @@ MODELS = {  # name: (builder or module, input shape)
 }
 
 
-def _plugin_export(name: str) -> tuple[onnx.ModelProto, dict]:
+def _plugin_export(onnx_tools, name: str) -> tuple[onnx.ModelProto, dict]:
     builder, shape = MODELS[name]
     torch.manual_seed(0)
     if isinstance(builder, str):
@@ -62,22 +61,18 @@ def _plugin_export(name: str) -> tuple[onnx.ModelProto, dict]:
     else:
         model = builder().eval()
     x = torch.randn(*shape)
-    f = io.BytesIO()
-    with torch.no_grad(), ops.export_mode("plugin"):
-        torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17, input_names=["x"],
-                          custom_opsets=ops.CUSTOM_OPSETS)
-    return onnx.load_from_string(f.getvalue()), {"x": x.numpy()}
+    return onnx_tools.export(model, [x], "plugin", input_names=["x"]), {"x": x.numpy()}
 
 
 @pytest.fixture(scope="module")
-def spec(report, tmp_path_factory) -> Path:
+def spec(report, tmp_path_factory, onnx_tools) -> Path:
     if not report.parts["trt-host"].built:
         pytest.skip(f"harness not built: {report.parts['trt-host'].reason}")
     if impls.unavailable("ort-kernel"):
         pytest.skip(f"the shapes come from ONNX Runtime runs: {impls.unavailable('ort-kernel')}")
     nodes = []
     for name in MODELS:
-        model, feeds = _plugin_export(name)
+        model, feeds = _plugin_export(onnx_tools, name)
         nodes += trt_conformance.node_specs(model, feeds)
     ops_seen = {n.op for n in nodes}
     assert ops_seen == {schema.LINEAR_SCAN, schema.GATED_ATTENTION}
