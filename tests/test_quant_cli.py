@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
+import pytest
 from test_quant_support import make_artifact
 
 from edgeforge.artifacts import Manifest, sha256_file
@@ -23,7 +25,20 @@ def test_quantize_cli_writes_model_quant_json_and_manifest(run_cli, tmp_path):
     assert acts and all({"scale", "zero_point", "scheme", "bits", "observer"} <= set(v) for v in acts.values())
     assert all(v["granularity"] == "per-channel" for v in q["quantizers"]["weights"].values())
     assert q["analysis"]["layers"] and q["analysis"]["sensitivity_ranking"]
-    assert 0 <= q["accuracy"]["agreement_fp32_int8"] <= 1
+    # the recorded accuracy is that of the files written, on the eval split it names
+    from edgeforge.data.preprocess import Preprocess
+    from edgeforge.quant.calibrate import run_outputs
+    from edgeforge.quant.pipeline import eval_split
+    from test_quant_support import INPUT
+
+    ev = eval_split("natural", Preprocess(3, 32, 32, tuple(INPUT["mean"]), tuple(INPUT["std"])))
+    acc = q["accuracy"]
+    assert acc["eval_hash"] == ev.hash and acc["eval_count"] == len(ev.x) == 32
+    a = run_outputs(onnx.load(str(art / "fp32" / "model.onnx")), ev.x, ["logits"], optimize="all")["logits"]
+    b = run_outputs(model, ev.x, ["logits"], optimize="all")["logits"]
+    assert acc["agreement_fp32_int8"] == round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
+    assert acc["output_sqnr_db"] == pytest.approx(10 * np.log10((a ** 2).sum() / ((a - b) ** 2).sum()), abs=0.01)
+    assert acc["output_sqnr_db"] > 25  # measured 34.1 dB (w8a8 minmax)
     assert "not run" in q["accuracy"]["torch_sim"]  # no recipe to rebuild the torch model from
     step = Manifest(art).step("int8-minmax")
     assert step["files"]["int8-minmax/model.onnx"] == sha256_file(qdir / "model.onnx")
