@@ -24,7 +24,7 @@ import pytest
 from edgeforge.runtimes import create_runner
 from edgeforge.runtimes.remote import AgentError, RemoteRunner
 from test_agent_support import ROOT, AgentProcess, agent  # noqa: F401  (fixture)
-from test_bench_support import SHAPE, tiny_art  # noqa: F401  (fixture)
+from test_bench_support import SHAPE
 
 
 def _feed(seed=0):

@@ -13,7 +13,7 @@ import pytest
 from edgeforge.errors import BadInput, NotAvailable
 from edgeforge.runtimes import create_runner, probe_runtime
 from test_agent_support import agent  # noqa: F401  (fixture)
-from test_bench_support import CLASSES, SHAPE, tiny_art  # noqa: F401  (fixture)
+from test_bench_support import CLASSES, SHAPE
 
 LOCAL = [("onnxruntime", {"provider": "cpu", "threads": 1}), ("openvino", {"device": "CPU", "threads": 1})]
 
