@@ -67,7 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     from edgeforge.runtimes import isa
 
     console = Console()
-    rows = []
+    out_path = Path(args.out)
+    # rows merge with an earlier run's by (model, method, fix): one run per runtime is fine
+    previous = json.loads(out_path.read_text()).get("rows", []) if out_path.is_file() else []
+    rows = {(r["model"], r["method"], r["overflow_fix"]): r for r in previous}
+
+    def write() -> None:
+        doc = {"cpu": cpu_record(), "how": ("AVX2 int8 kernels via edgeforge.runtimes.isa: OpenVINO with "
+                                            "ONEDNN_MAX_CPU_ISA=AVX2, ONNX Runtime under qemu-x86_64 -cpu Haswell "
+                                            "(natively where the CPU has no VNNI)"),
+               "calibration_samples": args.num_samples, "rows": list(rows.values())}
+        write_json_atomic(out_path, doc)
+
     for fx in fixtures(args.names):
         recipe = str(ROOT / fx["recipe"]) if fx["recipe"].endswith(".yaml") else fx["recipe"]
         art = Path(args.cache) / fx["name"]
@@ -87,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 scheme = resolve("w8a8", "cpu-openvino", method, int8_accumulation=acc, overflow_fix=fix)
                 q = quantize_onnx(fp32, calib.x, method, scheme, show_progress=False)
                 emu = run_outputs(q.model, x, [out_name], optimize="disable")[out_name].argmax(-1)
-                row = {"model": fx["name"], "method": method, "overflow_fix": fix, "fp32_top1": fp32_top1,
+                row = rows.setdefault((fx["name"], method, fix), {})
+                row.update({"model": fx["name"], "method": method, "overflow_fix": fix, "fp32_top1": fp32_top1,
                        "emulation_top1": round(float((emu == labels).mean()), 4), "eval_count": len(x),
-                       "layers_that_can_saturate": saturation_check(q.model)["layers_that_can_saturate"]}
+                       "layers_that_can_saturate": saturation_check(q.model)["layers_that_can_saturate"]})
                 with tempfile.TemporaryDirectory() as td:
                     path = Path(td) / "int8.onnx"
                     onnx.save(q.model, str(path))
@@ -104,13 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                         row[f"{rt}_avx2"] = {"top1": round(top1, 4), "drop": round(fp32_top1 - top1, 4),
                                              "agreement_with_emulation": round(float((kern == emu).mean()), 4),
                                              "seconds": round(time.perf_counter() - t0, 1)}
-                rows.append(row)
+                write()
                 console.print({k: v for k, v in row.items() if k not in ("model",)})
-    doc = {"cpu": cpu_record(), "how": ("AVX2 int8 kernels via edgeforge.runtimes.isa: OpenVINO with "
-                                        "ONEDNN_MAX_CPU_ISA=AVX2, ONNX Runtime under qemu-x86_64 -cpu Haswell "
-                                        "(natively where the CPU has no VNNI)"),
-           "calibration_samples": args.num_samples, "rows": rows}
-    write_json_atomic(args.out, doc)
+    write()
     console.print(f"wrote {args.out}")
     return 0
 
