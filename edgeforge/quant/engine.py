@@ -20,7 +20,7 @@ import onnx
 from edgeforge.quant import placement
 from edgeforge.quant.calibrate import observe
 from edgeforge.quant.observers import METHODS, Observer, observer_for, weight_params
-from edgeforge.quant.overflow import Layer, make_safe, max_activation_code
+from edgeforge.quant.overflow import Layer, layer_for, make_safe, max_activation_code
 from edgeforge.quant.qdq import build_qdq
 from edgeforge.quant.bias_correction import layer_shift
 from edgeforge.quant.quantizers import QParams, dequantize, fit_inside, weight_codes
@@ -74,14 +74,9 @@ def prepare(model: onnx.ModelProto, runtime: str = "onnxruntime") -> tuple[onnx.
 
 def kernel_layer(node: onnx.NodeProto, w: np.ndarray) -> Layer | None:
     """How weight `w` of `node` meets its kernel's reduction (for the 16-bit pair constraint)."""
-    if node.op_type == "Conv" and w.ndim >= 3:
-        return Layer("conv", int(w.shape[1]), int(np.prod(w.shape[2:])))
-    if node.op_type == "Gemm" and w.ndim == 2:
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return Layer("linear", int(w.shape[1] if trans_b else w.shape[0]))
-    if node.op_type == "MatMul" and w.ndim == 2:
-        return Layer("linear", int(w.shape[0]))
-    return None
+    trans_b = bool(next((a.i for a in node.attribute if a.name == "transB"), 0))
+    found = layer_for(node.op_type, w.shape, trans_b)
+    return found[0] if found else None
 
 
 def weight_shift(node: onnx.NodeProto, w: np.ndarray, qp: QParams, x_mean: np.ndarray | None) -> np.ndarray | None:

@@ -49,6 +49,21 @@ class Layer:
         return self.op == "conv" and self.c_in == 1
 
 
+def layer_for(op: str, w_shape: tuple, trans_b: bool = False) -> tuple[Layer, int] | None:
+    """(Layer, output-channel axis) of a weight of shape `w_shape` in an ONNX Conv / Gemm / MatMul
+    (or a torch Conv "conv" / Linear "linear", whose weights are laid out like Conv and Gemm with
+    transB); None for layouts without kernel pairs here (batched MatMul weights)."""
+    if op in ("Conv", "conv") and len(w_shape) >= 3:
+        return Layer("conv", int(w_shape[1]), int(np.prod(w_shape[2:]))), 0
+    if len(w_shape) != 2:
+        return None
+    if op == "linear" or (op == "Gemm" and trans_b):
+        return Layer("linear", int(w_shape[1])), 0
+    if op in ("Gemm", "MatMul"):
+        return Layer("linear", int(w_shape[0])), 1
+    return None
+
+
 def pair_limit(act_max: int) -> int:
     """The largest |w0| + |w1| (same sign) whose pair sum fits in int16 with activations <= act_max."""
     return I16_MAX // act_max
@@ -224,14 +239,10 @@ def saturation_check(model) -> dict:
         act = producer.get(n.input[0])
         if act is None or act.op_type != "DequantizeLinear":
             continue  # float activation: no integer kernel
-        if n.op_type == "Conv":
-            layer, axis = Layer("conv", int(codes.shape[1]), int(np.prod(codes.shape[2:]))), 0
-        elif codes.ndim != 2:
+        found = layer_for(n.op_type, codes.shape, bool(next((a.i for a in n.attribute if a.name == "transB"), 0)))
+        if found is None:
             continue
-        elif n.op_type == "Gemm" and next((a.i for a in n.attribute if a.name == "transB"), 0):
-            layer, axis = Layer("linear", int(codes.shape[1])), 0
-        else:
-            layer, axis = Layer("linear", int(codes.shape[0])), 1
+        layer, axis = found
         checked += 1
         worst = worst_pair_sum(channel_rows(codes, axis), layer)
         worst_all = max(worst_all, worst)

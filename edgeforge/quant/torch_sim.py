@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeforge.quant.observers import Observer, observer_for, weight_params
-from edgeforge.quant.overflow import Layer, make_safe, max_activation_code
+from edgeforge.quant.overflow import layer_for, make_safe, max_activation_code
 from edgeforge.quant.quantizers import QParams, dequantize, fit_inside, log_params, quantize_bias
 from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
 
@@ -461,9 +461,8 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
         w = mod.weight.detach().cpu().numpy()
         qp = weight_params(w, scheme.stored_weight_bits, wobs, axis)
         if scheme.overflow_fix == "pairs":  # as the ONNX engine does (engine.kernel_layer)
-            layer = (Layer("conv", int(w.shape[1]), int(np.prod(w.shape[2:]))) if w.ndim >= 3 else
-                     Layer("linear", int(w.shape[1])))
-            qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), 0)
+            layer, out_axis = layer_for("conv" if w.ndim >= 3 else "linear", w.shape)
+            qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), out_axis)
         wq[target_name] = qp
         parent, _, child = target_name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, child, QuantWeight(mod, qp))
