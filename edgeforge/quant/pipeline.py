@@ -20,7 +20,7 @@ from edgeforge.errors import BadInput
 from edgeforge.quant.scheme import BITS, resolve
 
 METHODS = ("minmax", "percentile", "mse", "entropy", "ort")
-QUANT_VERSION = 6  # bump when the placement/calibration/simulation changes what a run produces
+QUANT_VERSION = 7  # bump when the placement/calibration/simulation changes what a run produces
 
 
 @dataclass
