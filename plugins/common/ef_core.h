@@ -167,46 +167,34 @@ struct VecOps<F16> {
     EF_HD static F16 splat(float a) { return f16_splat(a); }
 };
 #if !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
+// The ops of a GNU vector of W floats (the generic path's F4, the AVX2 path's F8): one
+// definition, so the paths differ only in their width.
+template <typename V>
+struct GnuVecOps {
+    static constexpr int W = int(sizeof(V) / sizeof(float));
+    static V zero() { return V{}; }
+    static V load(const float* p) {
+        V r;
+        std::memcpy(&r, p, sizeof r);
+        return r;
+    }
+    static void store(float* p, const V& x, float scale = 1.0f) {
+        const V y = x * scale;
+        std::memcpy(p, &y, sizeof y);
+    }
+    static void fma(V& acc, float a, const V& b) { acc += a * b; }
+    static V add(const V& a, const V& b) { return a + b; }
+    static V mul(const V& a, const V& b) { return a * b; }
+    static V splat(float a) { return V{} + a; }
+};
 // F4: one SSE2 / NEON register, the generic path's vector (wider generic vectors were split by
 // the compiler through the stack: 30x slower than AVX2 instead of about 2x).
 typedef float F4 __attribute__((vector_size(16)));
 template <>
-struct VecOps<F4> {
-    static constexpr int W = 4;
-    static F4 zero() { return F4{}; }
-    static F4 load(const float* p) {
-        F4 r;
-        std::memcpy(&r, p, sizeof r);
-        return r;
-    }
-    static void store(float* p, const F4& x, float scale = 1.0f) {
-        const F4 y = x * scale;
-        std::memcpy(p, &y, sizeof y);
-    }
-    static void fma(F4& acc, float a, const F4& b) { acc += a * b; }
-    static F4 add(const F4& a, const F4& b) { return a + b; }
-    static F4 mul(const F4& a, const F4& b) { return a * b; }
-    static F4 splat(float a) { return F4{} + a; }
-};
+struct VecOps<F4> : GnuVecOps<F4> {};
 typedef float F8 __attribute__((vector_size(32)));
 template <>
-struct VecOps<F8> {
-    static constexpr int W = 8;
-    static F8 zero() { return F8{}; }
-    static F8 load(const float* p) {
-        F8 r;
-        std::memcpy(&r, p, sizeof r);
-        return r;
-    }
-    static void store(float* p, const F8& x, float scale = 1.0f) {
-        const F8 y = x * scale;
-        std::memcpy(p, &y, sizeof y);
-    }
-    static void fma(F8& acc, float a, const F8& b) { acc += a * b; }
-    static F8 add(const F8& a, const F8& b) { return a + b; }
-    static F8 mul(const F8& a, const F8& b) { return a * b; }
-    static F8 splat(float a) { return F8{} + a; }
-};
+struct VecOps<F8> : GnuVecOps<F8> {};
 #endif
 
 EF_HD float ef_fmax(float a, float b) { return a > b ? a : b; }

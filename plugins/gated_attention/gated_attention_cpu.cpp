@@ -116,20 +116,17 @@ inline F8 fold8(const F8& a, int step) {
 inline F4 fold4(const F4& a, int step) {
     return step == 2 ? __builtin_shufflevector(a, a, 2, 3, 0, 1) : __builtin_shufflevector(a, a, 1, 0, 3, 2);
 }
-inline float reduce_max(F4 a) {
-    for (int step = 2; step >= 1; step /= 2) a = vmax(a, fold4(a, step));
+inline F4 fold(const F4& a, int step) { return fold4(a, step); }
+inline F8 fold(const F8& a, int step) { return fold8(a, step); }
+// F4 and F8: a shuffle tree of log2(W) steps, halving the distance each step.
+template <typename V>
+inline float reduce_max(V a) {
+    for (int step = VecOps<V>::W / 2; step >= 1; step /= 2) a = vmax(a, fold(a, step));
     return a[0];
 }
-inline float reduce_add(F4 a) {
-    for (int step = 2; step >= 1; step /= 2) a += fold4(a, step);
-    return a[0];
-}
-inline float reduce_max(F8 a) {
-    for (int step = 4; step >= 1; step /= 2) a = vmax(a, fold8(a, step));
-    return a[0];
-}
-inline float reduce_add(F8 a) {
-    for (int step = 4; step >= 1; step /= 2) a += fold8(a, step);
+template <typename V>
+inline float reduce_add(V a) {
+    for (int step = VecOps<V>::W / 2; step >= 1; step /= 2) a += fold(a, step);
     return a[0];
 }
 
