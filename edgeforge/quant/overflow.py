@@ -191,7 +191,7 @@ def make_safe(w: np.ndarray, qp: QParams, layer: Layer, act_max: int, out_axis: 
     `out_axis` is the weight's output-channel axis (also when `qp` is per-tensor)."""
     w = np.asarray(w, np.float32)
     axis = qp.axis if qp.axis is not None else out_axis
-    if axis is None or w.ndim != (4 if layer.op == "conv" else 2) and layer.op == "linear":
+    if axis is None or (layer.op == "linear" and w.ndim != 2):
         return qp  # batched MatMul weights (one scale, 3-D): rows are not channels; left as they are
     rows = channel_rows(w, axis)
     codes, scale, stats = safe_codes(rows, qp.scale, layer, qp.qmax, act_max, search)
