@@ -15,6 +15,14 @@ from rich.console import Console
 from edgeforge import __version__
 from edgeforge.errors import EdgeforgeError
 
+
+def _quant_methods() -> list[str]:
+    # the registry (edgeforge/quant/methods/, one file per method) decides the choices; it imports
+    # no torch, so --help stays fast
+    from edgeforge.quant.methods import names
+
+    return list(names())
+
 # Rich wraps at 80 columns when stdout is not a terminal; tables of recipes need more.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -136,8 +144,10 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
 @click.option("--calib", "calib_set", default=None,
               help="Calibration set: NAME (calib/NAME.yaml), a YAML path, or digits|natural|clips "
                    "(default: the recipe's).")
-@click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy", "ort"]), default=None,
-              help="Observer, or 'ort' for ONNX Runtime's own quantize_static (default: the recipe's).")
+@click.option("--method", type=click.Choice(_quant_methods()), default=None,
+              help="Quantization method (default: the recipe's): minmax/percentile/mse/entropy calibrate ranges; "
+                   "qhyvit (hybrid conv+attention ViTs) and repquant (plain ViTs) are the ViT PTQ methods; "
+                   "ort is ONNX Runtime's own quantize_static.")
 @click.option("--bits", type=click.Choice(["w8a8", "w6a6", "w4a8", "w4a4"]), default=None,
               help="Weight/activation bits (below 8: 8-bit containers with the narrower range).")
 @click.option("--target", default=None, help="Target profile whose constraints apply (default: cpu-ort).")

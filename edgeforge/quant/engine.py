@@ -2,11 +2,13 @@
 
 `quantize_onnx(model, x, method, scheme)`:
 1. exact graph passes (Constant -> initializer, per-channel layer-scale Mul folded into its Conv),
-2. placement (`placement.plan`),
-3. calibration: ONNX Runtime runs the FP32 model over the calibration samples and every
-   activation quantizer's observer watches its tensor,
-4. weights quantized per channel (symmetric int8 container, `bits` wide),
-5. QDQ written (`qdq.build_qdq`).
+2. the method's exact rewrites (`methods.<name>.rewrite`, e.g. repquant's LayerNorm folding),
+3. placement (`placement.plan`),
+4. calibration: ONNX Runtime runs the FP32 model over the calibration samples and every
+   activation quantizer's observer (the method's) watches its tensor,
+5. weights quantized per channel (symmetric int8 container, `bits` wide) by the method,
+6. the method's refinement of the calibrated quantizers (e.g. qhyvit's scale search),
+7. QDQ written (`qdq.build_qdq`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import onnx
 
 from edgeforge.quant import placement
 from edgeforge.quant.calibrate import observe
-from edgeforge.quant.observers import METHODS, Observer, observer_for, weight_params
+from edgeforge.quant import methods as qmethods
+from edgeforge.quant.observers import Observer, observer_for, weight_params
 from edgeforge.quant.overflow import Layer, layer_for, make_safe, max_activation_code
 from edgeforge.quant.qdq import build_qdq
 from edgeforge.quant.bias_correction import layer_shift
@@ -37,6 +40,7 @@ class QuantizedOnnx:
     graph_passes: dict
     timings: dict = field(default_factory=dict)
     bias_shift: dict = field(default_factory=dict)  # layer -> mean output shift corrected in its bias
+    method_info: dict = field(default_factory=dict)  # what the method's rewrite/refine did (quant.json)
 
     def quantizers_json(self) -> dict:
         acts = {t: {**qp.to_json(), "roles": sorted(self.plan.acts[t].roles)} for t, qp in self.act_q.items()}
@@ -102,15 +106,20 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
                   percentile: float = 99.99, console=None, show_progress: bool = True,
                   bias_correction: bool = True) -> QuantizedOnnx:
-    """Quantize `model` with calibration samples `x` (N, ...) by observer `method`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    """Quantize `model` with calibration samples `x` (N, ...) by the registered method `method`."""
+    meth = qmethods.get(method)
+    if meth.engine != "edgeforge":
+        raise ValueError(f"method {method!r} is not run by this engine (engine {meth.engine!r})")
     t0 = time.perf_counter()
     prepared, passes = prepare(model, scheme.runtime)
+    ctx = qmethods.Context(prepared, x, scheme, console, show_progress)
+    meth.rewrite(ctx)
+    prepared = ctx.model
     plan = placement.plan(prepared, list(keep_fp), norm_inputs=norm_inputs)
+    ctx.plan = plan
     t_plan = time.perf_counter()
     idx = placement.GraphIndex(prepared)
-    observers = {t: Observer(observer_for(method, idx.producer[t].op_type if t in idx.producer else None),
+    observers = {t: Observer(observer_for(meth.observer, idx.producer[t].op_type if t in idx.producer else None),
                              percentile=percentile) for t in plan.acts}
     nodes = {n.name: n for n in prepared.graph.node}
     # bias correction needs each corrected layer's mean input (see bias_correction.py)
@@ -125,19 +134,20 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
         qp = convert_for_target(qp, scheme, f"activation {t}")
         clip = plan.acts[t].clip
         act_q[t] = fit_inside(qp, *clip) if clip else qp
-    # Weights: per-channel minmax at 8 bits; below 8 bits the MSE clip search (minmax wastes the
-    # few levels on outliers). `weight_observer` overrides.
-    wobs = weight_observer or ("mse" if method == "mse" or scheme.weight_bits < 8 else "minmax")
     weight_q = {}
     for ws in plan.weights:
         w = idx.init_array(ws.initializer)
         axis = ws.axis if scheme.weight_per_channel else None
-        qp = weight_params(w, scheme.stored_weight_bits, wobs, axis)
+        qp = weight_params(w, scheme.stored_weight_bits, weight_observer, axis) if weight_observer else \
+            meth.weight_params(w, scheme.stored_weight_bits, axis)
         if scheme.overflow_fix == "pairs":
             layer = kernel_layer(nodes[ws.node], w)
             if layer is not None:  # the torch simulation applies the same fix to the same weights
                 qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), ws.axis)
         weight_q[ws.initializer] = qp
+    ctx.act_q, ctx.weight_q = act_q, weight_q
+    meth.refine(ctx)
+    act_q, weight_q = ctx.act_q, ctx.weight_q
     shifts = {}
     for ws in corrected:
         node = nodes[ws.node]
@@ -149,4 +159,4 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     t_end = time.perf_counter()
     timings = {"plan_s": t_plan - t0, "calibrate_s": t_cal - t_plan, "weights_s": t_w - t_cal,
                "write_s": t_end - t_w, "total_s": t_end - t0}
-    return QuantizedOnnx(qmodel, prepared, plan, act_q, weight_q, passes, timings, shifts)
+    return QuantizedOnnx(qmodel, prepared, plan, act_q, weight_q, passes, timings, shifts, ctx.info)

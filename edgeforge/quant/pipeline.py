@@ -17,9 +17,9 @@ import onnx
 
 from edgeforge.artifacts import Manifest, atomic_path, sha256_file, sha256_json, write_json_atomic
 from edgeforge.errors import BadInput
+from edgeforge.quant import methods as qmethods
 from edgeforge.quant.scheme import BITS, resolve
 
-METHODS = ("minmax", "percentile", "mse", "entropy", "ort")
 QUANT_VERSION = 7  # bump when the placement/calibration/simulation changes what a run produces
 
 
@@ -260,8 +260,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     spec, rec = _input_spec(exp)
     qdef = rec.get("quant", {}) if isinstance(rec, dict) else {}
     method = method or qdef.get("method", "minmax")
-    if method not in METHODS:
-        raise BadInput(f"--method {method!r}: accepted {', '.join(METHODS)}")
+    if method not in qmethods.names():
+        raise BadInput(f"--method {method!r}: accepted {', '.join(qmethods.names())}")
     bits = bits or qdef.get("bits", "w8a8")
     if bits not in BITS:
         raise BadInput(f"--bits {bits!r}: accepted {', '.join(BITS)}")
@@ -294,7 +294,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
 
     report: dict = {"method": method, "bits": bits, "scheme": scheme.to_json(), "cpu": cpu_record(),
                     "calibration": data.summary(), "keep_fp": list(keep_fp)}
-    if method == "ort":
+    if qmethods.get(method).engine == "ort":
         from edgeforge.quant.ort_baseline import ort_quantize, qdq_params
 
         t1 = time.perf_counter()
@@ -311,6 +311,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         report["bias_correction"] = {"layers": len(q.bias_shift), "mean_abs_shift": round(float(np.mean(
             [np.abs(v).mean() for v in q.bias_shift.values()])), 6) if q.bias_shift else None}
         qmodel, prepared = q.model, q.prepared
+        if q.method_info:
+            report["method_info"] = q.method_info
         report["graph_passes"] = q.graph_passes
         report["placement"] = q.plan.summary()
         report["quantizers"] = q.quantizers_json()
@@ -326,7 +328,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     report["int8_kernels"] = int8_kernel_check(qmodel, scheme)
     ev = eval_split(calib, data.preprocess)
     report["accuracy"] = evaluate(model, qmodel, ev, scheme)
-    if simulate and method != "ort":
+    if simulate and qmethods.get(method).engine != "ort":
         t1 = time.perf_counter()
         report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
                                                 list(keep_fp), norm_inputs, act_scheme,

@@ -18,8 +18,6 @@ from edgeforge.quant.quantizers import QParams
 
 BITS = {"w8a8": (8, 8), "w6a6": (6, 6), "w4a8": (4, 8), "w4a4": (4, 4)}
 DEFAULT_TARGET = "cpu-ort"
-# Our method names -> the names target profiles list under `quantization.quantizers`.
-METHOD_ALIASES = {"mse": "omse"}
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,10 @@ def resolve(bits: str = "w8a8", target: str | None = None, method: str = "minmax
         raise BadInput(f"--bits {bits!r}: accepted {', '.join(BITS)}")
     wb, ab = BITS[bits]
     name, c = target_constraints(target)
+    from edgeforge.quant.methods import profile_name
+
     allowed = c.get("quantizers") or []
-    if allowed and METHOD_ALIASES.get(method, method) not in allowed and method not in allowed:
+    if allowed and profile_name(method) not in allowed and method not in allowed:
         raise BadInput(f"target {name} cannot run {method!r} quantization; it accepts: {', '.join(allowed)}")
     sym_only = bool(c.get("symmetric_only"))
     dtype = c.get("activation_dtype", "any")

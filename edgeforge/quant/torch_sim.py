@@ -26,7 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from edgeforge.quant.observers import Observer, observer_for, weight_params
+from edgeforge.quant.observers import Observer, observer_for
 from edgeforge.quant.overflow import layer_for, make_safe, max_activation_code
 from edgeforge.quant.quantizers import QParams, dequantize, fit_inside, log_params, quantize_bias
 from edgeforge.quant.scheme import Scheme, convert_for_target, resolve
@@ -426,6 +426,11 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     if num_samples:
         x = x[:num_samples]
     scheme = resolve(bits, target, method, act_scheme, int8_accumulation, overflow_fix)
+    from edgeforge.quant import methods as qmethods
+
+    meth = qmethods.get(method)
+    if meth.engine != "edgeforge":
+        raise BadInput(f"method {method!r} has no torch simulation (it is run by {meth.engine})")
     model = copy.deepcopy(model).eval()
     if fold_bn:
         from edgeforge.export.transforms import apply_transforms
@@ -442,7 +447,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
         name = f"_q{i}_{n.name}"
         producer = "Softmax" if _is_softmax(n) else ("Clip" if _clip_bounds(gm, n) is not None else None)
-        q = ActQuant(n.name, roles, observer_for(method, producer))
+        q = ActQuant(n.name, roles, observer_for(meth.observer, producer))
         q.clip = _clip_bounds(gm, n) if "output" in roles else None
         if softmax_quantizer != "uniform" and _is_softmax(n):
             q.roles.add(softmax_quantizer)
@@ -457,9 +462,8 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     for target_name in dict.fromkeys(weighted):
         mod = gm.get_submodule(target_name)
         axis = 0 if scheme.weight_per_channel else None
-        wobs = "mse" if method == "mse" or scheme.weight_bits < 8 else "minmax"
         w = mod.weight.detach().cpu().numpy()
-        qp = weight_params(w, scheme.stored_weight_bits, wobs, axis)
+        qp = meth.weight_params(w, scheme.stored_weight_bits, axis)
         if scheme.overflow_fix == "pairs":  # as the ONNX engine does (engine.kernel_layer)
             layer, out_axis = layer_for("conv" if w.ndim >= 3 else "linear", w.shape)
             qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), out_axis)
