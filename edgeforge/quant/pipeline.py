@@ -307,7 +307,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         from edgeforge.quant.engine import quantize_onnx
 
         q = quantize_onnx(model, data.x, method, scheme, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
-                          console=console, show_progress=show_progress, bias_correction=bias_correction)
+                          console=console, show_progress=show_progress, bias_correction=bias_correction,
+                          torch_model=None if exp.get("imported_from") else (lambda: torch_model_for(exp)))
         report["bias_correction"] = {"layers": len(q.bias_shift), "mean_abs_shift": round(float(np.mean(
             [np.abs(v).mean() for v in q.bias_shift.values()])), 6) if q.bias_shift else None}
         qmodel, prepared = q.model, q.prepared

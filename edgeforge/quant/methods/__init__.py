@@ -36,6 +36,10 @@ class Context:
     scheme: Any  # quant.scheme.Scheme
     console: Any = None
     show_progress: bool = True
+    # a zero-argument callable returning the artifact's FP32 torch model (recipe + weights; the
+    # model the ONNX was exported from, whose module paths `placement.module_path` recovers from
+    # ONNX node names), or None (an imported ONNX model): methods that need gradients use it
+    torch_model: Any = None
     plan: Any = None  # placement.Plan, from calibration on
     act_q: dict = field(default_factory=dict)  # tensor -> QParams
     weight_q: dict = field(default_factory=dict)  # initializer -> QParams
