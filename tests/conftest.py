@@ -183,3 +183,57 @@ def centred_cosine():
     the batch. A constant predictor (the same output for every input) scores 0, where the plain
     cosine of the tiny test models' logits against a constant is 0.98-0.99."""
     return _centred_cosine
+
+
+# ----------------------------------------------------------------------------- artifacts made by the CLI
+CLI_FIXTURE = "sit_tiny"  # the smallest trained fixture (fixtures/sit_tiny.pt): its CLI chain takes ~10 s
+CLI_EVAL = 100  # held-out digits in the --eval set of the CLI artifact
+FAST_BENCH = ("--iterations", "20", "--min-time", "0", "--warmup", "2", "--block-size", "5", "--threads", "1")
+
+
+def cli_call(*args) -> tuple[int, str, str]:
+    """Run the real `edgeforge` CLI in-process outside a test function (no capsys): (code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from edgeforge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def cli_art(tmp_path_factory) -> Path:
+    """An artifact made by the CLI itself, read-only, shared by the session (copy it with `cli_art_rw`):
+    `edgeforge export sit_tiny --weights fixtures/sit_tiny.pt`, then `edgeforge quantize --calib digits`
+    (minmax w8a8, 16 samples) -> fp32/ and int8-minmax/ with the manifest and quant.json those commands
+    write; beside it `eval.npz`: 100 held-out digits (x preprocessed for the recipe's input, y labels)."""
+    import numpy as np
+
+    from edgeforge import recipes
+    from edgeforge.data.calib import CalibDef, Source, load_calib
+
+    weights = ROOT / "fixtures" / f"{CLI_FIXTURE}.pt"
+    if not weights.is_file():
+        pytest.skip("fixture not trained: run scripts/train_fixtures.py")
+    art = tmp_path_factory.mktemp("cli_art") / CLI_FIXTURE
+    code, out, err = cli_call("export", CLI_FIXTURE, "--weights", weights, "--out", art)
+    assert code == 0, out + err
+    code, out, err = cli_call("quantize", art, "--calib", "digits", "--num-samples", "16", "--no-sim", "--no-analysis")
+    assert code == 0, out + err
+    ev = load_calib(CalibDef(name="digits-eval", source=Source(kind="digits", split="eval"), count=CLI_EVAL),
+                    recipes.load(CLI_FIXTURE).spec.input)
+    np.savez(art.parent / "eval.npz", x=ev.x, y=ev.labels)
+    return art
+
+
+@pytest.fixture
+def cli_art_rw(cli_art, tmp_path) -> Path:
+    """A private, writable copy of the CLI-made artifact (its eval set stays at `cli_art.parent / 'eval.npz'`)."""
+    import shutil
+
+    dst = tmp_path / CLI_FIXTURE
+    shutil.copytree(cli_art, dst)
+    return dst
