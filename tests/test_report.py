@@ -21,22 +21,25 @@ CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and 
 
 
 @pytest.fixture(scope="module")
-def reports(tiny_art, tmp_path_factory) -> dict[str, Path]:
-    """Real reports: FP32 and INT8 (with labels) on cpu-ort and cpu-openvino, one not measured."""
-    from edgeforge.bench.latency import Settings
-    from edgeforge.bench.run import bench_artifact
+def reports(cli_art, tmp_path_factory) -> dict[str, Path]:
+    """Real reports of an artifact the CLI made (`export` + `quantize`, conftest's `cli_art`), written by
+    `edgeforge bench --eval`: FP32 and INT8 (with labels) on cpu-ort and cpu-openvino, one not measured."""
+    from conftest import FAST_BENCH, cli_call
 
     art = tmp_path_factory.mktemp("report_art") / "art"
-    shutil.copytree(tiny_art, art)
-    fast = Settings(warmup=2, warmup_time_s=0.0, iterations=20, block_size=5)
+    shutil.copytree(cli_art, art)
     out = {}
     for target in ("cpu-ort", "cpu-openvino"):
-        for precision in ("fp32", "int8-ort"):
-            res = bench_artifact(art, target, precision, eval_dataset=art / "eval.npz", settings=fast, threads=1)
-            out[f"{target}-{precision}"] = res.paths["json"]
+        for precision in ("fp32", "int8-minmax"):
+            code, o, err = cli_call("bench", art, "--target", target, "--precision", precision,
+                                    "--eval", cli_art.parent / "eval.npz", *FAST_BENCH)
+            assert code == 0, o + err
+            out[f"{target}-{precision}"] = art / "reports" / f"{target}-{precision}.json"
     with pytest.MonkeyPatch.context() as mp:  # unset for this call only, not for the tests after it
         mp.delenv("EDGEFORGE_AGENT_RPI5", raising=False)
-        out["rpi5-ort-fp32"] = bench_artifact(art, "rpi5-ort", "fp32", settings=fast).paths["json"]
+        code, o, err = cli_call("bench", art, "--target", "rpi5-ort", *FAST_BENCH)
+        assert code == 0, o + err
+        out["rpi5-ort-fp32"] = art / "reports" / "rpi5-ort-fp32.json"
     return out
 
 
@@ -107,15 +110,15 @@ def test_compare_budget_fails_when_not_measured(reports, run_cli):
 
 
 def test_report_show_and_markdown(reports, run_cli):
-    code, out, err = run_cli("report", "show", reports["cpu-openvino-int8-ort"])
+    code, out, err = run_cli("report", "show", reports["cpu-openvino-int8-minmax"])
     assert code == 0, err
     assert "p50" in out and "openvino" in out
-    md = reports["cpu-ort-int8-ort"].with_suffix(".md").read_text()
+    md = reports["cpu-ort-int8-minmax"].with_suffix(".md").read_text()
     for field in ("p50", "p99", "throughput", "cold load", "peak memory", "fraction of peak", "vs FP32", "top-1",
                   "kernel fidelity", "kernels vs graph", "int8 flags"):
         assert field in md, field
     assert "kernel fidelity" in out and "float emulation" in out
-    code, out, err = run_cli("report", "compare", reports["cpu-ort-int8-ort"], reports["cpu-openvino-int8-ort"])
+    code, out, err = run_cli("report", "compare", reports["cpu-ort-int8-minmax"], reports["cpu-openvino-int8-minmax"])
     assert code == 0 and "kernels vs QDQ graph SQNR" in out
     code, out, err = run_cli("report", "show", reports["rpi5-ort-fp32"])
     assert code == 0 and "not measured" in out
@@ -158,6 +161,6 @@ def test_html_renders_in_headless_chromium(reports, tmp_path):
     console = [l for l in proc.stderr.splitlines() if "CONSOLE" in l or "Uncaught" in l]
     assert not [l for l in console if "Uncaught" in l or "Error" in l], console
     # The single-report page from `bench` renders too.
-    single = _chromium(reports["cpu-ort-int8-ort"].with_suffix(".html").as_uri(), "--dump-dom")
+    single = _chromium(reports["cpu-ort-int8-minmax"].with_suffix(".html").as_uri(), "--dump-dom")
     assert 'data-ready="1"' in single.stdout and 'data-plot="latency-histogram"' in single.stdout
     assert single.stdout.count('class="series"') == 2  # INT8 and its alternated FP32 block medians
