@@ -19,7 +19,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError:
             raise BadInput(f"--weights {path}: reading .safetensors needs the 'safetensors' package") from None
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends: a damaged file is bad input
+            raise BadInput(f"--weights {path}: not a readable .safetensors file ({type(e).__name__}: {e}); "
+                           "accepted: a file written by safetensors.torch.save_file, or a torch state dict "
+                           "(.pt/.pth)") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input
