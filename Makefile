@@ -16,7 +16,7 @@ DEMO_RECIPE ?= efficientformer_l1
 DEMO_OUT ?= artifacts/$(DEMO_RECIPE)
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: install demo test test-heavy clean plugins plugins-asan plugins-check
+.PHONY: install demo test test-heavy clean plugins plugins-asan plugins-check mutation
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,12 @@ test: install plugins
 # Also export the 40M+ parameter / 6+ GMAC recipe variants (minutes each on two cores).
 test-heavy: install plugins
 	EDGEFORGE_HEAVY=1 $(PY) -m pytest $(PYTEST_ARGS) tests/test_recipes_export.py
+
+# Mutation testing (not part of `make test`): mutmut over the modules where a silent error costs
+# users most, each on the tests that cover it, one worker, niced; per-module scores (and the
+# surviving and equivalent mutants) -> benchmarks/results/mutation.json. Fails below 80% killed.
+mutation: install
+	nice -n 10 $(PY) benchmarks/mutation.py
 
 clean:
 	rm -rf $(VENV) artifacts build plugins/build

@@ -1,0 +1,261 @@
+"""Mutation testing: how much of a silent error in the modules that matter most would the suite catch?
+
+For each module below, mutmut 3 (https://github.com/boxed/mutmut) writes small changes ("mutants")
+into a copy of the source (an operator flipped, a constant moved by one, an argument dropped, ...)
+and runs the tests that cover that module against each mutant. A mutant is *killed* when a test
+fails, *survived* when every test still passes. The score is the share killed (timeouts count as
+killed: the change made the tests hang).
+
+Each module runs in its own scratch directory (build/mutation/<module>/, with a generated
+pyproject.toml) on its own test selection, so one module's run never executes another's tests,
+and mutmut only runs, per mutated function, the selected tests that call that function.
+
+    .venv/bin/python benchmarks/mutation.py                  # all modules -> benchmarks/results/mutation.json
+    .venv/bin/python benchmarks/mutation.py --only qdq       # one module (merged into the JSON)
+    .venv/bin/python benchmarks/mutation.py --phase before   # existing tests only, recorded as `before`
+
+`make mutation` runs the first (not part of `make test`: it takes a while).
+
+Surviving mutants that cannot change what a user sees (e.g. the text of an error message only)
+are listed in EQUIVALENT with a one-line reason; they are reported and left out of the score's
+denominator. Every other survivor is a missing test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "build" / "mutation"
+OUT = ROOT / "benchmarks" / "results" / "mutation.json"
+THRESHOLD_PCT = 80.0
+
+# Directories the tests read relative to the repository root (conftest's ROOT).
+DATA_DIRS = ["fixtures", "recipes", "calib", "examples"]
+# Tests that take long and exercise none of these modules more sharply than faster ones do.
+SLOW_QDQ = "tests/test_quant_qdq.py::test_methods_run_in_ort_and_openvino"
+
+# module key -> (source file, test selection). Test files named test_mutation_kills_* were written
+# against this run's survivors; `--phase before` leaves them out.
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "quantizers": ("edgeforge/quant/quantizers.py", [
+        "tests/test_quant_quantizers.py", "tests/test_quant_qdq.py", "--deselect", SLOW_QDQ,
+        "tests/test_mutation_kills_quantizers.py"]),
+    "scheme": ("edgeforge/quant/scheme.py", [
+        "tests/test_quant_quantizers.py", "tests/test_quant_qdq.py", "--deselect", SLOW_QDQ,
+        "tests/test_mutation_kills_scheme.py"]),
+    "qdq": ("edgeforge/quant/qdq.py", [
+        "tests/test_quant_qdq.py", "--deselect", SLOW_QDQ,
+        "tests/test_mutation_kills_qdq.py"]),
+    "parity": ("edgeforge/export/parity.py", [
+        "tests/test_export_cli.py::test_failed_parity_exits_1_and_keeps_previous_model",
+        "tests/test_export_cli.py::test_dynamic_batch_export",
+        "tests/test_mutation_kills_parity.py"]),
+    "compare": ("edgeforge/report/compare.py", [
+        "tests/test_report.py", "--deselect", "tests/test_report.py::test_html_renders_in_headless_chromium",
+        "tests/test_mutation_kills_compare.py"]),
+    "artifacts": ("edgeforge/artifacts.py", [
+        "tests/test_quant_cli.py",
+        "tests/test_export_cli.py::test_failed_parity_exits_1_and_keeps_previous_model",
+        "tests/test_mutation_kills_artifacts.py"]),
+}
+
+# Surviving mutants judged equivalent (no behaviour a user depends on changes), with the reason.
+# Keyed by mutmut's mutant name; the diff is recorded beside it in the JSON so that a renumbering
+# after a source edit is visible.
+EQUIVALENT: dict[str, str] = {}
+
+PYTEST_INI = """\
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+markers = [
+  "gpu: needs an NVIDIA GPU with TensorRT (skipped elsewhere, with the reason)",
+  "macos: needs macOS (CoreML predict)",
+  "slow: long-running; still part of make test",
+]
+filterwarnings = ["ignore::DeprecationWarning", "ignore::FutureWarning"]
+"""
+
+
+def _toml_list(xs: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(x) for x in xs) + "]"
+
+
+def _selection(tests: list[str], phase: str) -> list[str]:
+    if phase == "after":
+        return list(tests)
+    return [t for t in tests if "test_mutation_kills_" not in t]
+
+
+def _prepare(key: str, src: str, tests: list[str]) -> Path:
+    wd = WORK / key
+    if wd.exists():
+        shutil.rmtree(wd)
+    wd.mkdir(parents=True)
+    for name in ["edgeforge", "tests", *DATA_DIRS]:
+        if (ROOT / name).exists():
+            os.symlink(ROOT / name, wd / name)
+    (wd / "pyproject.toml").write_text(
+        PYTEST_INI + "\n[tool.mutmut]\n"
+        f"source_paths = [\"edgeforge\"]\n"
+        f"only_mutate = [{json.dumps(src)}]\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+        f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-p\", \"no:xdist\"]\n"
+        f"also_copy = {_toml_list([d for d in DATA_DIRS if (ROOT / d).exists()])}\n"
+        "use_git_change_detection = false\n"
+        "use_setproctitle = false\n")
+    (wd / "selection.json").write_text(json.dumps(tests) + "\n")
+    return wd
+
+
+def _mutmut(wd: Path, *args: str, check: bool = True, log=None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "mutmut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([str(exe), *args], cwd=wd, env=env, check=check, text=True,
+                          stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT if log else subprocess.PIPE)
+
+
+def _statuses(wd: Path, src: str) -> dict[str, str]:
+    from mutmut.stats import status_by_exit_code
+
+    meta = json.loads((wd / "mutants" / (src + ".meta")).read_text())
+    return {k: status_by_exit_code[v] for k, v in meta["exit_code_by_key"].items()}
+
+
+def _diffs(wd: Path, src: str, names: list[str]) -> dict[str, str]:
+    """The changed lines of each mutant (as `mutmut show` prints them), read in this process."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    out = {}
+    cwd = os.getcwd()
+    os.chdir(wd)  # mutmut reads mutants/<src> relative to the working directory
+    try:
+        for name in names:
+            try:
+                diff = get_diff_for_mutant(name, path=src)
+            except Exception as e:  # noqa: BLE001 - a diff is for reading; never fail the run on it
+                diff = f"(no diff: {e})"
+            lines = [ln for ln in diff.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+            out[name] = " | ".join(ln.strip() for ln in lines)
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def run_module(key: str, phase: str, rerun: bool = True) -> dict:
+    src, tests = MODULES[key]
+    sel = _selection(tests, phase)
+    wd = WORK / key
+    if rerun:
+        wd = _prepare(key, src, sel)
+        t0 = time.monotonic()
+        with open(wd / "mutmut.log", "w") as log:
+            r = _mutmut(wd, "run", "--max-children", "1", check=False, log=log)
+        wall = time.monotonic() - t0
+        (wd / "wall_s").write_text(f"{wall:.1f}\n")
+        if r.returncode != 0 or not (wd / "mutants" / (src + ".meta")).exists():
+            tail = (wd / "mutmut.log").read_text()[-3000:]
+            raise SystemExit(f"mutmut failed on {key} (exit {r.returncode}); log {wd / 'mutmut.log'}:\n{tail}")
+    else:  # --no-run: the results of the last run in build/mutation/<key>, with the selection it ran
+        sel = json.loads((wd / "selection.json").read_text())
+        wall = float((wd / "wall_s").read_text()) if (wd / "wall_s").exists() else float("nan")
+    st = _statuses(wd, src)
+    counts: dict[str, int] = {}
+    for s in st.values():
+        counts[s] = counts.get(s, 0) + 1
+    survivors = sorted(k for k, s in st.items() if s in ("survived", "no tests", "suspicious", "skipped",
+                                                         "not checked"))
+    diffs = _diffs(wd, src, survivors)
+    equivalent = [{"mutant": k, "reason": EQUIVALENT[k], "diff": diffs[k]}
+                  for k in survivors if k in EQUIVALENT and phase == "after"]
+    eq_names = {e["mutant"] for e in equivalent}
+    live = [k for k in survivors if k not in eq_names]
+    killed = counts.get("killed", 0) + counts.get("segfault", 0)
+    timeout = counts.get("timeout", 0)
+    total = len(st)
+    denom = total - len(equivalent)
+    score = 100.0 * (killed + timeout) / denom if denom else 100.0
+    res = {
+        "module": src,
+        "tests": sel,
+        "total": total,
+        "killed": killed,
+        "survived": counts.get("survived", 0),
+        "no_tests": counts.get("no tests", 0),
+        "timeout": timeout,
+        "other": {k: v for k, v in counts.items() if k not in ("killed", "segfault", "survived", "no tests",
+                                                                   "timeout")},
+        "equivalent": len(equivalent),
+        "score_pct": round(score, 1),
+        "raw_score_pct": round(100.0 * (killed + timeout) / total, 1) if total else 100.0,
+        "wall_s": round(wall, 1),
+        "surviving_mutants": [{"mutant": k, "status": st[k], "diff": diffs[k]} for k in live],
+        "equivalent_mutants": equivalent,
+    }
+    print(f"{key:11s} total {total:4d}  killed {killed:4d}  survived {res['survived']:3d}  "
+          f"no-tests {res['no_tests']:3d}  timeout {timeout:2d}  equivalent {len(equivalent):2d}  "
+          f"score {res['score_pct']:5.1f}%  ({wall:.0f} s)", flush=True)
+    return res
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", action="append", choices=sorted(MODULES), help="module(s) to run (default: all)")
+    ap.add_argument("--phase", choices=("after", "before"), default="after",
+                    help="before: existing tests only (test_mutation_kills_* left out), stored under `before`")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-run", action="store_true",
+                    help="do not run mutmut: recount the last run's results (after editing EQUIVALENT)")
+    args = ap.parse_args(argv)
+    keys = args.only or list(MODULES)
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {}
+    section = doc.setdefault("before" if args.phase == "before" else "modules", {})
+    t0 = time.monotonic()
+    for i, key in enumerate(keys):
+        section[key] = run_module(key, args.phase, rerun=not args.no_run)
+        stamp = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "tool": f"mutmut {metadata.version('mutmut')}", "python": platform.python_version(),
+                 "cpu": _cpu_model(), "cores": os.cpu_count(), "workers": 1,
+                 "modules_run": keys[:i + 1], "wall_s": round(time.monotonic() - t0, 1)}
+        if args.phase == "before":
+            doc["before_run"] = stamp
+        else:
+            doc.update(stamp)
+            doc["threshold_pct"] = THRESHOLD_PCT
+            doc["score"] = ("(killed + timeout) / (total - equivalent); raw_score_pct: (killed + timeout) / total. "
+                            "'no tests' (no selected test calls the function) counts as survived.")
+            doc["command"] = "make mutation  (= nice -n 10 .venv/bin/python benchmarks/mutation.py)"
+        # written after every module, so that an interrupted run keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    if args.phase == "after":
+        low = [k for k in keys if section[k]["score_pct"] < THRESHOLD_PCT]
+        if low:
+            print(f"below {THRESHOLD_PCT:g}%: {', '.join(low)}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
