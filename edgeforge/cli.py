@@ -172,26 +172,45 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
                    "shift its weight rounding causes, from the calibration samples).")
 @click.option("--no-analysis", is_flag=True, help="Skip the per-layer error analysis.")
 @click.option("--no-sim", is_flag=True, help="Skip the torch-simulation vs ONNX Runtime agreement check.")
+@click.option("--max-drop", "max_drop", type=float, default=None,
+              help="Accuracy budget in points: leave the fewest most sensitive layers in float (ranked by "
+                   "output SQNR with each alone in float, measured with the target's own kernels on the eval "
+                   "split) until the loss is at most X. The loss (--max-drop-metric auto): top-1 drop on a "
+                   "labelled eval split (digits); else 100 x (1 - top-1 agreement with FP32) for classifiers, "
+                   "100 x (1 - mean output cosine with FP32) for embedding models (0.5: cosine >= 0.995). "
+                   "Writes int8-<method>...-maxdrop<X>; exit 1 when even every layer in float misses it.")
+@click.option("--max-drop-metric", type=click.Choice(["auto", "top1", "agreement", "cosine"]), default="auto",
+              show_default=True, help="The loss --max-drop budgets (see --max-drop).")
 @click.option("--force", is_flag=True, help="Quantize even if the inputs have not changed.")
 def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, act_scheme, norm_inputs,
-             int8_accumulation, overflow_fix, no_bias_correction, no_analysis, no_sim, force) -> None:
+             int8_accumulation, overflow_fix, no_bias_correction, no_analysis, no_sim, max_drop, max_drop_metric,
+             force) -> None:
     """Post-training INT8 quantization of an exported artifact with a calibration set.
 
     Writes ARTIFACT/int8-<method>/model.onnx (QDQ) and quant.json (every quantizer, the
     calibration hash, per-layer SQNR/cosine, accuracy and agreement on the eval split).
+    With --max-drop X: ARTIFACT/int8-<method>[...]-maxdrop<X>/, the layers left in float, each
+    step of the search and their latency cost in quant.json's `mixed_precision`.
     """
     from edgeforge.quant.pipeline import quantize_artifact
     from edgeforge.quant.report import print_quant_summary
 
     if num_samples is not None and num_samples <= 0:
         raise click.BadParameter("must be positive", param_hint="--num-samples")
+    if max_drop is not None and not max_drop >= 0:
+        raise click.BadParameter(f"{max_drop}: a budget in points, >= 0 (e.g. 0.5)", param_hint="--max-drop")
     result = quantize_artifact(artifact, calib=calib_set, method=method, bits=bits, target=target,
                                num_samples=num_samples, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                                act_scheme=act_scheme, analyze=not no_analysis, simulate=not no_sim, force=force,
                                int8_accumulation=int8_accumulation, overflow_fix=overflow_fix,
-                               bias_correction=not no_bias_correction,
-                               argv=sys.argv, console=console)
+                               bias_correction=not no_bias_correction, max_drop=max_drop,
+                               max_drop_metric=max_drop_metric, argv=sys.argv, console=console)
     print_quant_summary(result, console)
+    mp = (result.report or {}).get("mixed_precision") or result.entry.get("mixed_precision")
+    if mp and mp.get("met") is False:
+        from edgeforge.errors import CheckFailed
+
+        raise CheckFailed(mp.get("warning") or "the --max-drop budget was not met")
 
 
 @cli.command(name="compile")

@@ -244,10 +244,16 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
                       keep_fp: list[str] = (), norm_inputs: bool = False, act_scheme: str = "auto",
                       analyze: bool = True, simulate: bool = True, force: bool = False,
                       int8_accumulation: str | None = None, overflow_fix: str = "auto",
-                      bias_correction: bool = True,
+                      bias_correction: bool = True, max_drop: float | None = None, max_drop_metric: str = "auto",
                       argv: list[str] | None = None, console=None, show_progress: bool = True) -> QuantResult:
-    """Quantize ARTIFACT/fp32/model.onnx; see the module docstring."""
+    """Quantize ARTIFACT/fp32/model.onnx; see the module docstring.
+
+    `max_drop`: accuracy-budgeted mixed precision (`edgeforge.quant.mixed_precision`): the fewest
+    most sensitive layers are left in float until the budget metric (`max_drop_metric`, auto:
+    top-1 drop on a labelled eval split, else top-1 agreement loss or embedding cosine loss, in
+    points) is at most `max_drop`; written to its own step, `<step>-maxdrop<X>`."""
     from edgeforge.data.calib import load_calib
+    from edgeforge.quant import mixed_precision as mp
 
     art = Path(artifact)
     manifest = Manifest(art)
@@ -267,6 +273,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         raise BadInput(f"--bits {bits!r}: accepted {', '.join(BITS)}")
     calib = calib or qdef.get("calib", "natural")
     num_samples = num_samples or qdef.get("num_samples", 32)
+    mp.check_max_drop(max_drop, max_drop_metric)
     scheme = resolve(bits, target, method, act_scheme, int8_accumulation, overflow_fix)
     t0 = time.perf_counter()
     data = load_calib(calib, spec, num_samples)
@@ -274,6 +281,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     chosen = [v for v in ((int8_accumulation if int8_accumulation not in (None, "host") else None),
                           (overflow_fix if overflow_fix != "auto" else None)) if v]
     name = step_name(method, bits, scheme.target, "-".join(chosen))
+    if max_drop is not None:
+        name += mp.step_suffix(max_drop, max_drop_metric)
     out_dir = art / name
     onnx_path, qjson = out_dir / "model.onnx", out_dir / "quant.json"
     # the reason names this CPU: the model depends only on the accumulation it led to
@@ -282,6 +291,9 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
                 "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
                 "analyze": analyze, "simulate": simulate, "bias_correction": bias_correction,
                 "version": QUANT_VERSION}
+    if max_drop is not None:  # only then: the inputs of existing steps keep their hash
+        settings["mixed_precision"] = {"max_drop": max_drop, "metric": max_drop_metric,
+                                       "version": mp.MIXED_PRECISION_VERSION}
     import onnxruntime
 
     versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
@@ -294,14 +306,28 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
 
     report: dict = {"method": method, "bits": bits, "scheme": scheme.to_json(), "cpu": cpu_record(),
                     "calibration": data.summary(), "keep_fp": list(keep_fp)}
+    ev = eval_split(calib, data.preprocess)
+    if max_drop is not None and max_drop_metric == "top1" and ev.labels is None:
+        raise BadInput(f"--max-drop-metric top1 needs a labelled eval split ({ev.definition.name} has no labels; "
+                       "e.g. --calib digits); use agreement (classifiers) or cosine (embeddings)")
+
+    def mixed(rebuilder):
+        res = mp.choose(rebuilder, model, ev, max_drop, max_drop_metric, scheme.runtime, exp, keep_fp,
+                        console=console, show_progress=show_progress)
+        report["mixed_precision"] = res.report
+        report["timings_s"]["mixed_precision_s"] = res.report["timings_s"]["total_s"]
+        return res
+
     if qmethods.get(method).engine == "ort":
         from edgeforge.quant.ort_baseline import ort_quantize, qdq_params
 
         t1 = time.perf_counter()
         qmodel, ort_settings = ort_quantize(fp32, data.x, scheme, "minmax", keep_fp)
+        report["timings_s"] = {"quantize_s": round(time.perf_counter() - t1, 3)}
+        if max_drop is not None:
+            qmodel = mixed(mp.ort_rebuilder(qmodel, model)).model
         report["ort_settings"] = ort_settings
         report["quantizers"] = qdq_params(qmodel)
-        report["timings_s"] = {"quantize_s": round(time.perf_counter() - t1, 3)}
         prepared = None
     else:
         from edgeforge.quant.engine import quantize_onnx
@@ -309,6 +335,9 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         q = quantize_onnx(model, data.x, method, scheme, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                           console=console, show_progress=show_progress, bias_correction=bias_correction,
                           torch_model=None if exp.get("imported_from") else (lambda: torch_model_for(exp)))
+        report["timings_s"] = {k: round(v, 3) for k, v in q.timings.items()}
+        if max_drop is not None:
+            q = mixed(mp.edgeforge_rebuilder(q, list(keep_fp), norm_inputs)).built
         report["bias_correction"] = {"layers": len(q.bias_shift), "mean_abs_shift": round(float(np.mean(
             [np.abs(v).mean() for v in q.bias_shift.values()])), 6) if q.bias_shift else None}
         qmodel, prepared = q.model, q.prepared
@@ -317,7 +346,6 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         report["graph_passes"] = q.graph_passes
         report["placement"] = q.plan.summary()
         report["quantizers"] = q.quantizers_json()
-        report["timings_s"] = {k: round(v, 3) for k, v in q.timings.items()}
         if analyze:
             from edgeforge.quant.analysis import analyze as run_analysis
 
@@ -327,12 +355,16 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
             report["timings_s"]["analysis_s"] = round(time.perf_counter() - t1, 3)
     report["timings_s"]["calib_data_s"] = round(t_data, 3)
     report["int8_kernels"] = int8_kernel_check(qmodel, scheme)
-    ev = eval_split(calib, data.preprocess)
     report["accuracy"] = evaluate(model, qmodel, ev, scheme)
     if simulate and qmethods.get(method).engine != "ort":
         t1 = time.perf_counter()
+        sim_keep = list(keep_fp)
+        if max_drop is not None:  # the torch simulation addresses layers by module path
+            from edgeforge.quant.placement import module_path
+
+            sim_keep += sorted({module_path(k["layer"]) for k in report["mixed_precision"]["kept_fp"]})
         report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
-                                                list(keep_fp), norm_inputs, act_scheme,
+                                                sim_keep, norm_inputs, act_scheme,
                                                 scheme.int8_accumulation, scheme.overflow_fix, bias_correction))
         report["timings_s"]["torch_sim_s"] = round(time.perf_counter() - t1, 3)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,5 +383,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
              "toolchain": versions, "timings_s": report["timings_s"]}
     if "analysis" in report:
         entry["analysis_outputs"] = report["analysis"]["outputs"]
+    if "mixed_precision" in report:
+        entry["mixed_precision"] = mp.summary(report["mixed_precision"])
     manifest.record(name, entry, files=[onnx_path, qjson])
     return QuantResult(out_dir, onnx_path, qjson, manifest.step(name), report)

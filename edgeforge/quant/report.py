@@ -46,6 +46,9 @@ def print_quant_summary(result, console, top: int = 10) -> None:
         warnings.append(chk["warning"])
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}")
+    mp = (r or {}).get("mixed_precision") or e.get("mixed_precision")
+    if mp:
+        print_mixed_precision(mp, console)
     an = r.get("analysis") if r else None
     if an:
         by_name = {row["layer"]: row for row in an["layers"]}
@@ -60,6 +63,54 @@ def print_quant_summary(result, console, top: int = 10) -> None:
         console.print("leave layers in float with [bold]--keep-fp MODULE[/] (e.g. --keep-fp "
                       f"{by_name[an['sensitivity_ranking'][0]]['module']})")
     console.print(f"wrote {result.onnx_path} and {result.quant_json}")
+
+
+def print_mixed_precision(mp: dict, console, top: int = 12) -> None:
+    """--max-drop: the budget, the search, the layers kept in float and their latency cost."""
+    unit = f"{mp['metric']} loss, points"
+    t = Table(title=f"mixed precision: --max-drop {mp['max_drop']:g} ({unit})", show_header=True)
+    t.add_column("field")
+    t.add_column("value", justify="right")
+    if mp.get("metric_definition"):
+        t.add_row("metric", mp["metric_definition"])
+    if mp.get("kernels"):
+        k = mp["kernels"]
+        t.add_row("measured with", k.get("kernels", "") + (f" ({k['note']})" if k.get("note") else ""))
+    if "eval_set" in mp:
+        t.add_row("eval split", f"{mp['eval_set']} x{mp['eval_count']}")
+    t.add_row("all INT8", _fmt(mp.get("int8_value"), 3) + (f" (SQNR {mp['int8_sqnr_db']:.1f} dB)"
+                                                           if "int8_sqnr_db" in mp else ""))
+    for s in mp.get("steps", [])[1:]:
+        t.add_row(f"  {s['float_layers']} layers in float", f"{s['value']:.3f} (SQNR {s['sqnr_db']:.1f} dB) "
+                  + ("[green]within[/]" if s["within_budget"] else "[red]over[/]"))
+    kept = mp.get("kept_fp") or []
+    t.add_row("kept in float", str(len(kept)) if kept else "none (all INT8 is within budget)"
+              if mp.get("met") else "none")
+    t.add_row("final", _fmt(mp.get("final_value"), 3) + ("" if mp.get("met") else " [red]over budget[/]"))
+    lat = mp.get("latency") or {}
+    if "int8_p50_ms" in lat:
+        t.add_row("latency p50 (ORT, 1 thread)", f"all INT8 {lat['int8_p50_ms']:.2f} ms, mixed "
+                  f"{lat['mixed_p50_ms']:.2f} ms ({lat['cost_ms']:+.2f} ms, {lat['cost_pct']:+.1f}%, "
+                  f"noise {lat['noise_pct']:.0f}%)")
+    elif lat.get("not_run"):
+        t.add_row("latency", f"not run: {lat['not_run'][:80]}")
+    console.print(t)
+    if kept:
+        kt = Table(title="layers kept in float (most sensitive first)")
+        for col in ("#", "layer (module)", "op", "SQNR quantized alone dB"):
+            kt.add_column(col, justify="left" if col.startswith("layer") or col == "op" else "right")
+        by = {r["layer"]: r for r in mp.get("ranking", [])}
+        for i, k in enumerate(kept[:top]):
+            name = k["layer"] if isinstance(k, dict) else k
+            row = by.get(name, {})
+            t_mod = k.get("module", name) if isinstance(k, dict) else k
+            kt.add_row(str(i + 1), t_mod, (k.get("op") if isinstance(k, dict) else None) or "-",
+                       _fmt(row.get("sqnr_db")))
+        if len(kept) > top:
+            kt.add_row("...", f"{len(kept) - top} more (quant.json mixed_precision.kept_fp)", "", "")
+        console.print(kt)
+    if mp.get("warning"):
+        console.print(f"[yellow]warning[/]: {mp['warning']}")
 
 
 def print_calib(data, stats: dict, sheet, console) -> None:
