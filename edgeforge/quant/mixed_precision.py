@@ -65,7 +65,7 @@ DEFINITIONS = {
               "in points (0.5: mean cosine >= 0.995)",
 }
 LATENCY_ITERATIONS = 30
-SCAN_SAMPLES = 64  # eval samples the sensitivity scan runs (the search and its answer use them all)
+SCAN_SAMPLES = 32  # eval samples the sensitivity scan runs (the search and its answer use them all)
 MIXED_PRECISION_VERSION = 1  # bump when the scan/search changes what a --max-drop run writes
 
 
