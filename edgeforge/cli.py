@@ -174,8 +174,8 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
 @click.option("--no-sim", is_flag=True, help="Skip the torch-simulation vs ONNX Runtime agreement check.")
 @click.option("--max-drop", "max_drop", type=float, default=None,
               help="Accuracy budget in points: leave the fewest most sensitive layers in float (ranked by "
-                   "output SQNR with each alone in float, measured with the target's own kernels on the eval "
-                   "split) until the loss is at most X. The loss (--max-drop-metric auto): top-1 drop on a "
+                   "the output SQNR with each quantized alone, measured with the target's own kernels on the eval "
+                   "split; no recalibration) until the loss is at most X. The loss (--max-drop-metric auto): top-1 drop on a "
                    "labelled eval split (digits); else 100 x (1 - top-1 agreement with FP32) for classifiers, "
                    "100 x (1 - mean output cosine with FP32) for embedding models (0.5: cosine >= 0.995). "
                    "Writes int8-<method>...-maxdrop<X>; exit 1 when even every layer in float misses it.")
