@@ -172,3 +172,17 @@ def test_metric_definitions():
     assert mp.resolve_metric("auto", None, {}, ref)[0] == "agreement"
     assert mp.resolve_metric("auto", labels, emb, ref)[0] == "top1"
     assert mp.step_suffix(0.5) == "-maxdrop0.5" and mp.step_suffix(1.0, "cosine") == "-maxdrop1-cosine"
+
+
+def test_target_kernels():
+    """The budget is measured with the target's runtime: OpenVINO for cpu-openvino (when installed),
+    ONNX Runtime otherwise, and a runtime that does not run here says so."""
+    assert mp.TargetKernels("onnxruntime").runtime == "onnxruntime"
+    trt = mp.TargetKernels("tensorrt")
+    assert trt.runtime == "onnxruntime" and "tensorrt" in trt.note
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        assert "OpenVINO is not installed" in mp.TargetKernels("openvino").note
+    else:
+        assert mp.TargetKernels("openvino").runtime == "openvino"
