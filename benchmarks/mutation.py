@@ -45,28 +45,29 @@ DATA_DIRS = ["fixtures", "recipes", "calib", "examples"]
 # Tests that take long and exercise none of these modules more sharply than faster ones do.
 SLOW_QDQ = "tests/test_quant_qdq.py::test_methods_run_in_ort_and_openvino"
 
-# module key -> (source file, test selection). Test files named test_mutation_kills_* were written
-# against this run's survivors; `--phase before` leaves them out.
+# module key -> (source file, test selection): the module's own test file(s), or the fastest tests
+# that exercise it (the export and CLI tests are seconds each: every mutant of a function they call
+# runs them). Test files named test_mutation_kills_* were written against this run's survivors;
+# `--phase before` leaves them out.
 MODULES: dict[str, tuple[str, list[str]]] = {
     "quantizers": ("edgeforge/quant/quantizers.py", [
-        "tests/test_quant_quantizers.py", "tests/test_quant_qdq.py", "--deselect", SLOW_QDQ,
+        "tests/test_quant_quantizers.py", "tests/test_quant_qdq.py::test_batched_matmul_weight_gets_one_scale",
         "tests/test_mutation_kills_quantizers.py"]),
     "scheme": ("edgeforge/quant/scheme.py", [
-        "tests/test_quant_quantizers.py", "tests/test_quant_qdq.py", "--deselect", SLOW_QDQ,
+        "tests/test_quant_quantizers.py", "tests/test_quant_qdq.py::test_batched_matmul_weight_gets_one_scale",
         "tests/test_mutation_kills_scheme.py"]),
     "qdq": ("edgeforge/quant/qdq.py", [
         "tests/test_quant_qdq.py", "--deselect", SLOW_QDQ,
+        "--deselect", "tests/test_quant_qdq.py::test_keep_fp_and_analysis",
         "tests/test_mutation_kills_qdq.py"]),
     "parity": ("edgeforge/export/parity.py", [
         "tests/test_export_cli.py::test_failed_parity_exits_1_and_keeps_previous_model",
-        "tests/test_export_cli.py::test_dynamic_batch_export",
         "tests/test_mutation_kills_parity.py"]),
     "compare": ("edgeforge/report/compare.py", [
         "tests/test_report.py", "--deselect", "tests/test_report.py::test_html_renders_in_headless_chromium",
         "tests/test_mutation_kills_compare.py"]),
     "artifacts": ("edgeforge/artifacts.py", [
         "tests/test_quant_cli.py",
-        "tests/test_export_cli.py::test_failed_parity_exits_1_and_keeps_previous_model",
         "tests/test_mutation_kills_artifacts.py"]),
 }
 

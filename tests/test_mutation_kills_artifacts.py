@@ -53,6 +53,14 @@ def test_atomic_write_replaces_whole_file_with_ordinary_permissions(tmp_path):
         os.umask(old)
     assert final.read_bytes() == b"abc"
     assert final.stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600
+    old = os.umask(0)
+    try:
+        write_bytes_atomic(final, b"abc")
+        assert final.stat().st_mode & 0o777 == 0o666
+        with file_lock(tmp_path / "shared" / LOCK):  # another user's step must be able to open it
+            assert (tmp_path / "shared" / LOCK).stat().st_mode & 0o777 == 0o666
+    finally:
+        os.umask(old)
     write_text_atomic(final, "é")
     assert final.read_bytes() == "é".encode()
     assert _leftovers(final.parent) == []
@@ -240,6 +248,26 @@ def test_verify_checks_every_path_given(tmp_path):
     b.write_text("changed")
     with pytest.raises(BadInput, match="two.bin"):
         m.verify(a, b)
+    with pytest.raises(BadInput, match="two.bin"):  # an unrecorded path first does not end the check
+        m.verify(art / "unrecorded.bin", b)
+
+
+def test_finished_at_is_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30: a local time would be off by hours
+    time.tzset()
+    try:
+        before = time.gmtime()
+        e = Manifest(tmp_path / "art").record("export", {})
+        after = time.gmtime()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e["finished_at"])
+    stamp = time.strptime(e["finished_at"], "%Y-%m-%dT%H:%M:%SZ")
+    assert time.strftime("%Y%m%d%H%M%S", before) <= time.strftime("%Y%m%d%H%M%S", stamp) <= \
+        time.strftime("%Y%m%d%H%M%S", after)
 
 
 def test_concurrent_steps_keep_each_others_records(tmp_path):

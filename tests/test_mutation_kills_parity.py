@@ -11,7 +11,7 @@ import math
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeforge.errors import NotAvailable
 from edgeforge.export.parity import ParityResult, check_parity, compare_outputs, has_custom_domain, ort_cpu_session
@@ -140,3 +140,27 @@ def test_custom_domain_detection_and_session(tmp_path):
     else:
         s = ort_cpu_session(path)  # the custom-op library is registered: the session builds
         assert [o.name for o in s.get_outputs()] == ["h", "h_last"]
+
+
+def test_figures_are_computed_in_float64_for_huge_float32_outputs():
+    """A randomly initialised model can output ~1e20: products overflow float32, not float64."""
+    big = np.float32([1e20, -3e20, 2e20])
+    err, ref_max, cos = compare_outputs([big], [big])
+    assert err == 0.0 and ref_max == pytest.approx(3e20) and cos == pytest.approx(1.0, abs=1e-12)
+    err, _, cos = compare_outputs([big], [big * np.float32(1.5)])
+    assert err == pytest.approx(1.5e20, rel=1e-6) and cos == pytest.approx(1.0, abs=1e-12)
+
+
+def test_custom_domain_check_does_not_read_external_weights(tmp_path):
+    """The check reads the graph only: a multi-GB model's external data is never loaded for it."""
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "big.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="big.data",
+              size_threshold=0)
+    (tmp_path / "big.data").unlink()  # were it read, this would fail
+    assert has_custom_domain(path) is False
+

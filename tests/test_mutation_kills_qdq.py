@@ -326,3 +326,141 @@ def test_unconvertible_opset_is_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"opset 11 model: cannot convert it to opset 13, which QDQ with per-channel "
                                          r"weights needs .*; export with opset >= 13"):
         build_qdq(m, _plan(), act_q, w_q)
+
+
+# ----------------------------------------------------------------------------- more edges
+def _ort_quantize_linear(x: np.ndarray, scale: float) -> np.ndarray:
+    g = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.INT8, list(x.shape))],
+                          [numpy_helper.from_array(np.float32(scale), "s"), numpy_helper.from_array(np.int8(0), "z")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_weight_codes_match_onnx_quantize_linear_at_rounding_ties():
+    """float32 w / s lands on .5 where float64 does not: the stored codes are ORT's (float32) ones."""
+    w = np.ascontiguousarray(np.float32([0.35, 0.75, 0.85, 0.95]).reshape(2, 2, 1, 1))
+    model = _model()
+    for init in model.graph.initializer:
+        if init.name == "conv.w":
+            init.CopyFrom(numpy_helper.from_array(w, "conv.w"))
+    act_q, _ = _quantizers()
+    qw = QParams(np.asarray(0.1, np.float32), np.asarray(0, np.int64), 8, True, True, None)
+    m = build_qdq(model, _plan(), act_q, {"conv.w": qw})
+    codes = _inits(m)["conv_w_quantized"]
+    np.testing.assert_array_equal(codes, _ort_quantize_linear(w, 0.1))
+    assert codes.ravel().tolist() == [4, 8, 8, 10]
+
+
+def test_scales_are_written_as_float32_whatever_the_quantizer_holds():
+    act_q, w_q = _quantizers()
+    qin = act_q["in:0"]
+    act_q["in:0"] = QParams(np.asarray(float(qin.scale), np.float64), qin.zero_point, 8, False, False)
+    m = build_qdq(_model(), _plan(), act_q, w_q)
+    s = _inits(m)["in_0_q_scale"]
+    assert s.dtype == np.float32 and s == qin.scale
+    onnx.checker.check_model(m)
+    assert np.isfinite(_run(m)[0]).all()
+
+
+def test_a_quantized_tensor_without_consumers_gets_its_pair():
+    act_q, w_q = _quantizers()
+    act_q["sum"] = params_from_range(-1.0, 4.0, 8, False, False)  # a graph output nothing reads
+    m = build_qdq(_model(), _plan(), act_q, w_q)
+    onnx.checker.check_model(m)
+    assert list(_node(m, "sum_QuantizeLinear").input)[0] == "sum"
+    assert [o.name for o in m.graph.output] == ["out", "sum"]
+
+
+def test_a_layer_without_int32_bias_does_not_stop_the_next_layers():
+    act_q, w_q = _quantizers()
+    m = build_qdq(_model(), _plan(bias=False), act_q, w_q)
+    assert list(_node(m, "conv2").input) == ["r_dequantized", "conv_w_1_dequantized", "conv.b"]
+    # a 2-D Gemm C (left float) before a layer whose bias can be int32
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    w2 = np.float32([[1.0, -0.5], [0.25, 2.0]])
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w1", "c1"], ["h"], name="fc1"),
+                           helper.make_node("Gemm", ["h", "w2", "c2"], ["y"], name="fc2")], "g", [x], [y],
+                          [numpy_helper.from_array(w2, "w1"), numpy_helper.from_array(np.float32([[0.1, 0.2]]), "c1"),
+                           numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.float32([0.3, 0.4]), "c2")])
+    gm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    qa = params_from_range(-3.0, 3.0, 8, False, False)
+    qw = params_from_range(-2.0, 2.0, 8, True, True)
+    plan = Plan({}, [WeightSite("fc1", "w1", None, "c1", "x"), WeightSite("fc2", "w2", None, "c2", "h")],
+                ["fc1", "fc2"], [], {})
+    out = build_qdq(gm, plan, {"x": qa, "h": qa}, {"w1": qw, "w2": qw})
+    assert list(_node(out, "fc1").input) == ["x_dequantized", "w1_dequantized", "c1"]
+    assert list(_node(out, "fc2").input) == ["h_dequantized", "w2_dequantized", "fc2_bias_dequantized"]
+
+
+def test_duplicate_named_layers_without_bias_each_get_their_weight():
+    act_q, w_q = _quantizers()
+    m = build_qdq(_model(names=("dup", "relu", "dup", "add")), _plan(conv="dup", conv2="dup", bias=False), act_q, w_q)
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert [c.input[1] for c in convs] == ["conv_w_dequantized", "conv_w_1_dequantized"]
+    assert "conv.w" not in _inits(m)
+
+
+def _baseline_written_names() -> list[str]:
+    act_q, w_q = _quantizers()
+    src, m = _model(), build_qdq(_model(), _plan(), act_q, w_q)
+    before = {n.name for n in src.graph.node} | {o for n in src.graph.node for o in n.output} | \
+        {i.name for i in src.graph.initializer}
+    after = {n.name for n in m.graph.node} | {o for n in m.graph.node for o in n.output} | \
+        {i.name for i in m.graph.initializer}
+    return sorted(after - before)
+
+
+@pytest.mark.parametrize("taken", _baseline_written_names())
+def test_every_written_name_is_new_to_the_graph(taken):
+    """A graph that already uses a name QDQ export would write (as a node and its output) keeps it:
+    the export picks another, and the model still computes the same numbers."""
+    act_q, w_q = _quantizers()
+    model = _model()
+    model.graph.node.append(helper.make_node("Identity", ["c2"], [taken], name=taken))
+    model.graph.output.append(helper.make_tensor_value_info(taken, TensorProto.FLOAT, [2, 1, 1]))
+    m = build_qdq(model, _plan(), act_q, w_q)
+    names = [n.name for n in m.graph.node]
+    assert len(names) == len(set(names)), "duplicate node names"
+    produced = [o for n in m.graph.node for o in n.output] + [i.name for i in m.graph.initializer]
+    assert len(produced) == len(set(produced)), "a tensor defined twice"
+    (ident,) = [n for n in m.graph.node if n.op_type == "Identity" and n.name == taken]
+    assert list(ident.input) == ["c2"] and list(ident.output) == [taken]
+    onnx.checker.check_model(m)
+    ref = _run(build_qdq(_model(), _plan(), act_q, w_q))
+    out = _run(m)
+    np.testing.assert_array_equal(out[0], ref[0])
+    np.testing.assert_array_equal(out[2], C2)
+
+
+def test_names_inside_subgraphs_are_taken_too():
+    act_q, w_q = _quantizers()
+    model = _model()
+    body = helper.make_graph([helper.make_node("Identity", ["c2"], ["in_0_q_scale"], name="inner")], "then", [],
+                             [helper.make_tensor_value_info("in_0_q_scale", TensorProto.FLOAT, [2, 1, 1])])
+    body2 = helper.make_graph([helper.make_node("Identity", ["c2"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 1, 1])])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["bb"], then_branch=body, else_branch=body2))
+    m = build_qdq(model, _plan(), act_q, w_q)
+    assert list(_node(m, "conv").input)[0] == "in_0_1_dequantized"
+
+
+def test_initializers_read_in_a_graphs_attribute_are_kept():
+    act_q, w_q = _quantizers()
+    model = _model()
+    body = helper.make_graph([helper.make_node("Identity", ["conv.b"], ["t"])], "body", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    node = helper.make_node("Branches", ["c2"], ["z"], domain="custom.ops")
+    node.attribute.append(helper.make_attribute("bodies", [body]))
+    assert node.attribute[0].type == onnx.AttributeProto.GRAPHS
+    model.graph.node.append(node)
+    m = build_qdq(model, _plan(), act_q, w_q)
+    assert "conv.b" in _inits(m)
+
+
+def test_clean_keeps_letters_of_both_cases():
+    assert Names.clean("MyLayer.W") == "MyLayer_W"
+    assert Names.clean("X.a") == "X_a" and Names.clean("_X_") == "X"

@@ -212,3 +212,18 @@ def test_dtype_demanded_by_target_refuses_inexact_conversion():
     # same dtype: nothing to convert
     qp = params_from_range(-1.0, 3.0, 8, False, False)
     assert convert_for_target(qp, _scheme(constraints={"activation_dtype": "uint8"}), "x") is qp
+
+
+def test_resolve_defaults_are_w8a8_minmax_on_cpu_ort():
+    s = resolve()
+    assert (s.target, s.weight_bits, s.act_bits, s.runtime) == ("cpu-ort", 8, 8, "onnxruntime")
+    assert (s.act_symmetric, s.act_signed) == (False, False)
+
+
+def test_host_accumulation_asks_for_the_targets_runtime(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA below VNNI puts OpenVINO (only) on the 16-bit pair path."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    acc, why = accumulation_for("host", "openvino")
+    assert acc == "int16-pairs" and why.startswith("this host: ONEDNN_MAX_CPU_ISA=AVX2 caps OpenVINO")
+    _, why = accumulation_for("host", "onnxruntime")
+    assert "ONEDNN_MAX_CPU_ISA" not in why
