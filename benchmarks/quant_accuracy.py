@@ -46,7 +46,7 @@ from rich.table import Table  # noqa: E402
 
 from edgeforge.artifacts import write_json_atomic  # noqa: E402
 
-METHODS = ("minmax", "percentile", "mse", "entropy", "ort")
+METHODS = ("minmax", "percentile", "mse", "entropy", "qhyvit", "ort")
 
 
 def trained_fixtures() -> list[dict]:
@@ -98,7 +98,7 @@ REAL = {  # --models name -> (recipe, kind)
     "dinov2": ("pretrained_dinov2_vits14", "embedding"),
 }
 EVAL_SEED = 2024  # the calibration crops are `natural` (seed 0): these are other crops
-OURS = ("minmax", "percentile", "mse", "entropy")
+OURS = ("minmax", "percentile", "mse", "entropy", "qhyvit")
 INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 
 

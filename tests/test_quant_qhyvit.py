@@ -1,0 +1,126 @@
+"""qhyvit (Q-HyViT): bridge-block detection, the scale search's objective, the per-layer scheme
+on a symmetric-only target, and accuracy on a trained fixture with ONNX Runtime's integer kernels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeforge.quant.bridge import find_bridges
+from edgeforge.quant.calibrate import run_outputs
+from edgeforge.quant.engine import prepare, quantize_onnx
+from edgeforge.quant.scheme import resolve
+
+
+def _exported(recipe: str, size: int | None = None):
+    from edgeforge.export.pipeline import prepare_model
+
+    p = prepare_model(recipe, None, 0, 1)
+    x = next(iter(p.inputs.values()))
+    if size is not None:
+        x = torch.randn(1, x.shape[1], size, size)
+    f = io.BytesIO()
+    torch.onnx.export(p.model, (x,), f, dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["logits"])
+    return p.model, onnx.load_from_string(f.getvalue()), x
+
+
+@pytest.fixture(scope="module")
+def fmvit():
+    return _exported("fmvit_tiny")
+
+
+def _blocks(model):
+    m, _ = prepare(model)
+    return [(b.block, b.reason) for b in find_bridges(m)], find_bridges(m)
+
+
+def test_bridges_efficientformer_v1():
+    # EfficientFormer-L1: 4D (conv, pooling) stages, then Flat (blocks.3) + the first Meta3D
+    # attention block (blocks.4): one bridge, holding the Flat's shape ops and the attention
+    _, model, _ = _exported("efficientformer_l1")
+    found, bridges = _blocks(model)
+    assert found == [("stages.3.blocks.4", "conv->attention")]
+    b = bridges[0]
+    assert any("blocks.3" in n for n in b.nodes)  # the Flat belongs to the bridge
+    assert b.output.endswith("blocks.4/Add_1_output_0")  # O: the whole block's output
+    assert {"stages.3.blocks.4.token_mixer.qkv", "stages.3.blocks.4.mlp.fc2"} <= set(b.to_json()["layers"])
+
+
+def test_bridges_efficientformer_v2(trained):
+    # EfficientFormerV2: the first attention block of stage 3 and the attention downsampling into
+    # stage 4 (the paper's two bridges); the later attention blocks follow attention: no bridge
+    _, fp32, _, _ = trained
+    found, _ = _blocks(onnx.load(fp32))
+    assert found == [("stages.2.blocks.4", "conv->attention"), ("stages.3.downsample", "attention downsampling")]
+
+
+def test_bridges_fmvit(fmvit):
+    # FMViT: each stage opens with convolution and turns to attention in its last block
+    _, model, _ = fmvit
+    found, _ = _blocks(model)
+    assert found == [(f"stages.{i}.{j}", "conv->attention") for i, j in ((0, 0), (1, 2), (2, 2), (3, 2))]
+
+
+def test_bridges_none_in_a_plain_cnn():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    f = io.BytesIO()
+    torch.onnx.export(conv, (torch.randn(1, 3, 16, 16),), f, dynamo=False, opset_version=17)
+    found, _ = _blocks(onnx.load_from_string(f.getvalue()))
+    assert found == []
+
+
+def _calib(x, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *x.shape[1:]), generator=g).numpy()
+
+
+def test_search_never_increases_its_objective(fmvit):
+    torch_model, model, x = fmvit
+    xs = _calib(x)
+    for bits in ("w8a8", "w4a4"):
+        q = quantize_onnx(model, xs, "qhyvit", resolve(bits, method="qhyvit"), show_progress=False,
+                          torch_model=lambda: torch_model)
+        info = q.method_info
+        assert info["layers_searched"] > 10
+        assert info["weighting"]["layers_weighted"] > 10  # (dL/dO)^2 reached the layers
+        hist = [info["loss_before"]] + info["loss_by_round"]
+        tot = [h["layers"] + h["tensors"] for h in hist]
+        assert all(b <= a * (1 + 1e-9) for a, b in zip(tot, tot[1:])), tot
+        assert tot[-1] < tot[0]  # and it does find something better than percentile calibration
+        assert len(info["bridge_blocks"]) == 4
+
+
+def test_symmetric_only_target_gets_symmetric_quantizers(fmvit):
+    torch_model, model, x = fmvit
+    scheme = resolve("w8a8", "gpu-tensorrt", method="qhyvit")
+    q = quantize_onnx(model, _calib(x), "qhyvit", scheme, show_progress=False, torch_model=lambda: torch_model)
+    assert q.method_info["activations_changed"] > 0
+    for t, qp in q.act_q.items():
+        assert qp.symmetric and qp.signed and np.all(qp.zero_point == 0), t
+    for w, qp in q.weight_q.items():
+        assert qp.symmetric and np.all(qp.zero_point == 0), w
+    assert set(q.method_info["activation_schemes_chosen"]) == {"asymmetric", "symmetric"}
+    assert q.method_info["activation_schemes_chosen"]["asymmetric"] == 0
+    # the same model on cpu-ort is free to choose asymmetric activations, and does
+    q2 = quantize_onnx(model, _calib(x), "qhyvit", resolve("w8a8", method="qhyvit"), show_progress=False,
+                       torch_model=lambda: torch_model)
+    assert any(not qp.symmetric for qp in q2.act_q.values())
+
+
+def test_qhyvit_keeps_trained_fixture_accuracy(trained):
+    model, fp32, calib, ev = trained
+
+    def top1(m):
+        return run_outputs(m, ev.x, ["logits"], optimize="all")["logits"].argmax(-1)  # ORT integer kernels
+
+    fp32_acc = float((top1(onnx.load(fp32)) == ev.labels).mean())
+    q = quantize_onnx(onnx.load(fp32), calib.x, "qhyvit", resolve("w8a8", method="qhyvit"), show_progress=False,
+                      torch_model=lambda: model)
+    acc = float((top1(q.model) == ev.labels).mean())
+    assert acc >= fp32_acc - 0.005, (acc, fp32_acc)
+    assert q.method_info["loss_after"]["layers"] < q.method_info["loss_before"]["layers"]
