@@ -74,7 +74,124 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 # Surviving mutants judged equivalent (no behaviour a user depends on changes), with the reason.
 # Keyed by mutmut's mutant name; the diff is recorded beside it in the JSON so that a renumbering
 # after a source edit is visible.
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    'edgeforge.quant.quantizers.x__bcast__mutmut_11':
+        "numpy >= 2 reads any negative reshape size as 'infer', so -2 is -1",
+    'edgeforge.quant.quantizers.x_quantize_bias__mutmut_15':
+        "numpy >= 2 reads any negative reshape size as 'infer', so -2 is -1",
+    'edgeforge.quant.quantizers.x__tolist__mutmut_3':
+        "a 0-d ndarray's tolist() returns the same Python scalar as item()",
+    'edgeforge.quant.quantizers.x_dequantize__mutmut_18':
+        '(q - z) * s of 8-bit codes is exact in float64, so the final cast rounds once, as the float32 product does',
+    'edgeforge.quant.quantizers.x_fit_inside__mutmut_51':
+        'per-channel quantizers return early, so qp.axis is always None here',
+    'edgeforge.quant.quantizers.x_fit_inside__mutmut_65':
+        'the value is already an np.float32 scalar; the dtype argument changes nothing',
+    'edgeforge.quant.quantizers.x_fit_inside__mutmut_67':
+        'the value is already an np.float32 scalar; the dtype argument changes nothing',
+    'edgeforge.quant.quantizers.x_log_params__mutmut_34':
+        'the value is already an np.float32 scalar; the dtype argument changes nothing',
+    'edgeforge.quant.quantizers.x_log_params__mutmut_36':
+        'the value is already an np.float32 scalar; the dtype argument changes nothing',
+    'edgeforge.quant.quantizers.x_log_params__mutmut_38':
+        'np.asarray(0) is int64 by default (numpy >= 2, every platform)',
+    'edgeforge.quant.quantizers.x_log_params__mutmut_40':
+        'np.asarray(0) is int64 by default (numpy >= 2, every platform)',
+    'edgeforge.quant.quantizers.x_log_fake_quant__mutmut_23':
+        'log2 only sees values >= 1e-30 (np.maximum before it): there is no divide-by-zero to silence',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_102':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_104':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_41':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_43':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_56':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_59':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_71':
+        'the zero-point is converted with np.asarray(zp, np.int64) on return, whatever dtype it had before',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_73':
+        'lo <= 0 <= hi puts qmin - lo/scale in [qmin, qmax] (within rounding < 0.5): the clip never acts',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_74':
+        'lo <= 0 <= hi puts qmin - lo/scale in [qmin, qmax] (within rounding < 0.5): the clip never acts',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_26':
+        'the symmetric flag of qrange only moves qmin of signed ranges; the symmetric branch uses qmax only',
+    'edgeforge.quant.quantizers.x_quantize_bias__mutmut_3':
+        'a float32/int bias is promoted exactly to float64 when divided by the float64 bias scale',
+    'edgeforge.quant.quantizers.x_quantize_bias__mutmut_5':
+        'a float32/int bias is promoted exactly to float64 when divided by the float64 bias scale',
+    'edgeforge.quant.quantizers.x_quantize_bias__mutmut_37':
+        'below -2^31 the float -> int32 cast already gives INT_MIN (x86 cvttsd2si, Arm saturating fcvtzs)',
+    'edgeforge.quant.quantizers.x_quantize_bias__mutmut_44':
+        'below -2^31 the float -> int32 cast already gives INT_MIN (x86 cvttsd2si, Arm saturating fcvtzs)',
+    'edgeforge.quant.quantizers.x_quantize_bias__mutmut_45':
+        'below -2^31 the float -> int32 cast already gives INT_MIN (x86 cvttsd2si, Arm saturating fcvtzs)',
+    'edgeforge.quant.quantizers.x_sqnr_db__mutmut_12':
+        "ref is already float64, so ref - test is computed in float64 whatever test's dtype",
+    'edgeforge.quant.quantizers.x_sqnr_db__mutmut_14':
+        "ref is already float64, so ref - test is computed in float64 whatever test's dtype",
+    'edgeforge.quant.quantizers.x_sqnr_db__mutmut_25':
+        "float('INF') is inf: Python's float() parses it case-insensitively",
+    'edgeforge.quant.scheme.x_convert_for_target__mutmut_25':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_convert_for_target__mutmut_26':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_28':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_56':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_57':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_58':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_59':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_60':
+        'error-message wording only (the refusal itself and the names it gives are tested)',
+    'edgeforge.quant.scheme.x_resolve__mutmut_36':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_38':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_41':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_42':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_83':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_85':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_88':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_89':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_98':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_100':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_103':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_104':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_146':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_148':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_151':
+        "default of a get() on target_constraints(), which always holds the key (pydantic dumps every field's default)",
+    'edgeforge.quant.scheme.x_resolve__mutmut_77':
+        "signed is already False for a uint8 target (dtype == 'int8' or dtype == 'any' ...): the override is redundant",
+    'edgeforge.quant.scheme.x_resolve__mutmut_78':
+        "signed is already False for a uint8 target (dtype == 'int8' or dtype == 'any' ...): the override is redundant",
+    'edgeforge.quant.scheme.x_target_constraints__mutmut_5':
+        "QuantConstraints holds only bool/str/list[str]: pydantic's python and json dumps are equal (any mode but 'json' is python)",
+    'edgeforge.quant.scheme.x_target_constraints__mutmut_6':
+        "QuantConstraints holds only bool/str/list[str]: pydantic's python and json dumps are equal (any mode but 'json' is python)",
+    'edgeforge.quant.scheme.x_target_constraints__mutmut_7':
+        "QuantConstraints holds only bool/str/list[str]: pydantic's python and json dumps are equal (any mode but 'json' is python)",
+}
 
 PYTEST_INI = """\
 [tool.pytest.ini_options]

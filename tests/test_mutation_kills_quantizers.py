@@ -257,3 +257,87 @@ def test_cosine_exact_and_zero_vectors():
     assert cosine([0.0, 0.0], [0.0, 0.0]) == 1.0
     assert cosine([0.0, 0.0], [1.0, 0.0]) == 0.0
     assert cosine([1.0, 0.0], [0.0, 0.0]) == 0.0
+
+
+# ----------------------------------------------------------------------------- float32 inputs
+def test_float32_observer_ranges_give_the_float64_scale_and_zero_point():
+    """Observers hand over float32 min/max: the scale is computed in float64 and rounded once."""
+    rng = np.random.default_rng(1)
+    lo = -rng.uniform(0, 5, 200).astype(np.float32)
+    hi = rng.uniform(0, 5, 200).astype(np.float32)
+    for bits, sym, signed in ((8, False, False), (8, True, True), (6, True, False)):
+        a = params_from_range(lo, hi, bits, sym, signed, axis=0)
+        b = params_from_range(lo.astype(np.float64), hi.astype(np.float64), bits, sym, signed, axis=0)
+        np.testing.assert_array_equal(a.scale, b.scale)
+        np.testing.assert_array_equal(a.zero_point, b.zero_point)
+        assert a.zero_point.shape == (200,) and a.zero_point.dtype == np.int64
+
+
+def test_metrics_do_not_overflow_on_float32_inputs():
+    big = np.float32([1e20, -3e20, 2e20])
+    assert cosine(big, big) == pytest.approx(1.0, abs=1e-12)
+    assert cosine(big, -big) == pytest.approx(-1.0, abs=1e-12)
+    assert sqnr_db(big, big * np.float32(1.1)) == pytest.approx(20.0, abs=1e-4)
+    assert sqnr_db([2.0, 0.0], [1.8, 0.0]) == pytest.approx(20.0, abs=1e-9)
+
+
+def test_int32_bias_scale_is_the_float64_product():
+    rng = np.random.default_rng(3)
+    b = rng.uniform(-50, 50, 512).astype(np.float32)
+    s_in = np.float32(0.0123)
+    s_w = rng.uniform(1e-4, 1e-2, 512).astype(np.float32)
+    bq, bs = quantize_bias(b, s_in, s_w)
+    exact = float(s_in) * s_w.astype(np.float64)
+    np.testing.assert_array_equal(bq, np.rint(b.astype(np.float64) / exact).astype(np.int32))
+    np.testing.assert_array_equal(bs, exact.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- more edges
+def test_one_element_per_tensor_scale_broadcasts():
+    qp = QParams(np.float32([0.5]), np.int64([1]), 8, False, False, None)
+    x = np.float32([[0.5, 1.0], [-0.5, 2.0]])
+    assert quantize(x, qp).tolist() == [[2, 3], [0, 5]]
+    np.testing.assert_array_equal(dequantize(quantize(x, qp), qp), x)
+
+
+def test_per_channel_symmetric_uint8_has_a_zero_point_per_channel():
+    qp = params_from_range([-1.0, -2.0], [1.0, 2.0], 8, True, False, axis=0)
+    assert qp.zero_point.tolist() == [128, 128]
+
+
+def test_fit_inside_takes_the_largest_scale_that_fits_both_ways():
+    def reference(qp, lo, hi):
+        s = np.float32(qp.scale)
+        z = float(qp.zero_point)
+        for _ in range(64):
+            f64 = ((qp.qmin - z) * float(s), (qp.qmax - z) * float(s))
+            f32 = (np.float32(qp.qmin - z) * s, np.float32(qp.qmax - z) * s)
+            if min(f64[0], f32[0]) >= lo and max(f64[1], f32[1]) <= hi:
+                break
+            s = np.nextafter(s, np.float32(0))
+        return s
+
+    cases = [(params_from_range(-6.0, 6.0, 8, True, True), -6.0, 6.0),
+             (params_from_range(-1.0, 6.0, 8, False, False), -1.0, 6.0),
+             (params_from_range(-6.0, 1.0, 8, False, True), -6.0, 1.0),
+             (params_from_range(-6.0, 6.0, 8, True, False), -6.0, 6.0),
+             (params_from_range(-6.0, 6.0, 6, True, True), -6.0, 6.0)]
+    for qp, lo, hi in cases:
+        out = fit_inside(qp, lo, hi)
+        assert np.float32(out.scale) == reference(qp, lo, hi), (qp.to_json(), lo, hi)
+
+
+def test_fit_inside_exact_edge_and_bounded_search():
+    qp = _qp(0.03125, 0)  # 255 * 2^-5 = 7.96875 exactly: the range touches the Clip, inside
+    assert fit_inside(qp, 0.0, 7.96875) is qp
+    far = _qp(0.1, 0)  # a Clip far inside the range: at most 64 ulps are taken off, never more
+    s = np.float32(0.1)
+    for _ in range(64):
+        s = np.nextafter(s, np.float32(0))
+    assert np.float32(fit_inside(far, 0.0, 1.0).scale) == s
+
+
+def test_log_quantizer_zero_input_is_zero_at_8_bits():
+    qp = log_params(1.0, 8)  # 255 levels reach below 2^-100: only the x <= 0 test zeroes 0
+    assert log_fake_quant(np.float32([0.0, -0.5, 1.0]), qp).tolist() == [0.0, 0.0, 1.0]
+    assert qp.observer == "minmax" and log_params(1.0, 4, "logsqrt2").observer == "minmax"

@@ -227,3 +227,20 @@ def test_host_accumulation_asks_for_the_targets_runtime(monkeypatch):
     assert acc == "int16-pairs" and why.startswith("this host: ONEDNN_MAX_CPU_ISA=AVX2 caps OpenVINO")
     _, why = accumulation_for("host", "onnxruntime")
     assert "ONEDNN_MAX_CPU_ISA" not in why
+
+
+def test_int8_to_uint8_conversion_keeps_per_channel_scales_and_axis():
+    qp = QParams(np.asarray([0.1, 0.2, 0.4], np.float32), np.zeros(3, np.int64), 8, True, True, 0, "minmax")
+    out = convert_for_target(qp, _scheme(act_signed=False, act_symmetric=False), "x")
+    assert out.scale is qp.scale and out.axis == 0
+    assert out.zero_point.tolist() == [128, 128, 128]
+    x = np.float32([[-12.7, 0.0, 12.7], [-25.4, 3.0, 25.4], [-50.8, 1.0, 50.8]])
+    from edgeforge.quant.quantizers import fake_quant
+
+    np.testing.assert_array_equal(fake_quant(x, out), fake_quant(x, qp))
+
+
+def test_resolve_passes_the_targets_runtime_to_the_host_check(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    s = resolve("w8a8", "cpu-openvino")
+    assert (s.int8_accumulation, s.overflow_fix, s.runtime) == ("int16-pairs", "pairs", "openvino")
