@@ -175,10 +175,10 @@ def canonical_weight(node, w: np.ndarray, groups: int = 1):
     torch = _torch()
     if node.op_type == "Conv":
         cout = w.shape[0]
-        return torch.from_numpy(np.ascontiguousarray(w.reshape(groups, cout // groups, -1), np.float32)), 0, cout
+        return torch.from_numpy(np.array(w.reshape(groups, cout // groups, -1), np.float32)), 0, cout
     trans_b = bool(_attrs(node).get("transB", 0)) if node.op_type == "Gemm" else False
     wc = w if trans_b else w.T
-    return torch.from_numpy(np.ascontiguousarray(wc[None], np.float32)), (0 if trans_b else 1), wc.shape[0]
+    return torch.from_numpy(np.array(wc[None], np.float32)), (0 if trans_b else 1), wc.shape[0]
 
 
 def build(prepared: onnx.ModelProto, plan, x: np.ndarray, act_keys: set[str], g2: dict | None,
@@ -270,6 +270,10 @@ def build(prepared: onnx.ModelProto, plan, x: np.ndarray, act_keys: set[str], g2
         if advance:
             advance(len(part))
         del cap
+    for ld in layers:
+        if ld.weight is None and ld.A is not None and ld.B is not None:
+            k = min(len(ld.A), len(ld.B))  # the two inputs are kept for the same samples
+            ld.A, ld.B, ld.row_weight = ld.A[:k], ld.B[:k], len(x) / k
     for t, ad in acts.items():
         src_ranges = [ranges[nodes[layers[li].node].input[0 if layers[li].acts[0] == t else 1]]
                       for li in ad.consumers] if ad.consumers else [ranges.get(t, [0.0, 0.0])]
