@@ -137,3 +137,16 @@ def test_qhyvit_keeps_trained_fixture_accuracy(trained):
     acc = float((top1(q.model) == ev.labels).mean())
     assert acc >= fp32_acc - 0.005, (acc, fp32_acc)
     assert q.method_info["loss_after"]["layers"] < q.method_info["loss_before"]["layers"]
+
+
+def test_gemm_token_rows_keep_their_sample():
+    # a Gemm on tokens reads (T, K) per sample: captured over N samples it is (N*T, K), and each
+    # row's (dL/dO)^2 must be its own sample's (EfficientFormer-L1's attention Gemms)
+    from edgeforge.quant.reconstruction import _rows_linear
+
+    N, T, K = 4, 6, 3
+    x = np.arange(N * T * K, dtype=np.float32).reshape(N * T, K)
+    rows, sample, weight = _rows_linear(x, K, 1 << 20, np.random.default_rng(0), N)
+    assert rows.shape == (N * T, 1, K) and weight == 1.0
+    assert sample.tolist() == [i for i in range(N) for _ in range(T)]
+    assert np.array_equal(rows[:, 0].numpy(), x)

@@ -156,9 +156,11 @@ def _rows_conv(x: np.ndarray, node, w: np.ndarray, budget: int, rng):
     return rows.contiguous(), sample, L / cols.shape[2], G
 
 
-def _rows_linear(x: np.ndarray, k: int, budget: int, rng):
+def _rows_linear(x: np.ndarray, k: int, budget: int, rng, n: int):
+    """Token rows (rows, 1, K) of a Gemm / MatMul input captured for n samples (a Gemm's 2-D
+    input holds every sample's tokens stacked)."""
     torch = _torch()
-    N = x.shape[0]
+    N = n
     xr = x.reshape(N, -1, k)
     T = xr.shape[1]
     per = max(4, min(T, budget // max(1, N * k)))
@@ -260,7 +262,7 @@ def build(prepared: onnx.ModelProto, plan, x: np.ndarray, act_keys: set[str], g2
                     ld.W, ld.w_axis, ld.cout = canonical_weight(n, w, G)
                 else:
                     ld.W, ld.w_axis, ld.cout = canonical_weight(n, w)
-                    ld.U, ld.sample, ld.row_weight = _rows_linear(v, ld.W.shape[2], budget, rng)
+                    ld.U, ld.sample, ld.row_weight = _rows_linear(v, ld.W.shape[2], budget, rng, len(x))
                 ld.w_shape = w.shape
                 ld.O0 = _out(ld.U, ld.W)
                 gg = (g2 or {}).get(ld.node)
