@@ -191,6 +191,34 @@ EQUIVALENT: dict[str, str] = {
         "QuantConstraints holds only bool/str/list[str]: pydantic's python and json dumps are equal (any mode but 'json' is python)",
     'edgeforge.quant.scheme.x_target_constraints__mutmut_7':
         "QuantConstraints holds only bool/str/list[str]: pydantic's python and json dumps are equal (any mode but 'json' is python)",
+    'edgeforge.quant.qdq.x__raise_opset__mutmut_11':
+        'converting a model already at min_opset is a no-op for its graph (the converter only adds inferred value_info)',
+    'edgeforge.quant.qdq.x_build_qdq__mutmut_248':
+        'onnx.helper.make_node drops attributes whose value is None, so axis=None for a per-tensor weight writes no axis',
+    'edgeforge.quant.qdq.x_build_qdq__mutmut_259':
+        'int32 biases come only from Conv/Gemm (placement.py), which have at most 3 inputs: input[2:4] == input[2:3]',
+    'edgeforge.export.parity.x_compare_outputs__mutmut_20':
+        "float('INF') / float('NAN') are inf / nan: Python's float() parses them case-insensitively",
+    'edgeforge.export.parity.x_compare_outputs__mutmut_27':
+        "float('INF') / float('NAN') are inf / nan: Python's float() parses them case-insensitively",
+    'edgeforge.export.parity.x_compare_outputs__mutmut_22':
+        'this branch runs only for a non-empty (non-finite) output, so the reference is non-empty and max() needs no initial',
+    'edgeforge.export.parity.x_has_custom_domain__mutmut_5':
+        'load_external_data=None is falsy: onnx.load skips external data as with False',
+    'edgeforge.export.parity.x_ort_cpu_session__mutmut_4':
+        'error-message wording only, in a branch for an install without edgeforge.ops.native (part of the package)',
+    'edgeforge.report.compare.x_compare__mutmut_87':
+        "the fallback kind string is only ever compared with 'top1' (in _acc and for the label): any other string is the same",
+    'edgeforge.report.compare.x_compare__mutmut_88':
+        "the fallback kind string is only ever compared with 'top1' (in _acc and for the label): any other string is the same",
+    'edgeforge.artifacts.x_sha256_file__mutmut_8':
+        'read(None) reads the whole file in one block: the same digest (memory use only)',
+    'edgeforge.artifacts.x_write_json_atomic__mutmut_8':
+        'sort_keys=None and the default are both false: the same JSON text',
+    'edgeforge.artifacts.x_write_json_atomic__mutmut_12':
+        'sort_keys=None and the default are both false: the same JSON text',
+    'edgeforge.artifacts.xǁManifestǁverify__mutmut_27':
+        'error-message wording only (17 instead of 16 hex digits of the recorded digest)',
 }
 
 PYTEST_INI = """\
@@ -230,6 +258,11 @@ def _prepare(key: str, src: str, tests: list[str]) -> Path:
         f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
         f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-p\", \"no:xdist\"]\n"
         f"also_copy = {_toml_list([d for d in DATA_DIRS if (ROOT / d).exists()])}\n"
+        # a mutant that loops forever is stopped after (expected test time + 15 s) x 4 x 2 of CPU
+        # time (mutmut's default x 15 spends many minutes on each; the 15 s covers module fixtures,
+        # whose setup mutmut leaves out of the expected time)
+        "timeout_multiplier = 4.0\n"
+        "timeout_constant = 15.0\n"
         "use_git_change_detection = false\n"
         "use_setproctitle = false\n")
     (wd / "selection.json").write_text(json.dumps(tests) + "\n")

@@ -197,6 +197,14 @@ def test_is_up_to_date(tmp_path):
     assert m.is_up_to_date("none", "h3")
 
 
+def test_a_step_recorded_without_files_is_up_to_date_on_its_hash(tmp_path):
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / MANIFEST).write_text(json.dumps({"schema_version": 1, "steps": {"calib": {"inputs_hash": "h"}}}))
+    m = Manifest(art)
+    assert m.is_up_to_date("calib", "h") and not m.is_up_to_date("calib", "x")
+
+
 def test_recorded_latest_step_wins_and_outside_root(tmp_path):
     art = tmp_path / "art"
     m = Manifest(art)

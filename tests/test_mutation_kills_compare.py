@@ -89,6 +89,13 @@ def test_agreement_is_compared_when_either_report_lacks_labels():
     assert c.failures == ["top-1 agreement with FP32 (%) dropped 3.00 pts (budget 2): 99.00 -> 96.00"]
 
 
+def test_agreement_is_compared_when_the_base_lacks_labels():
+    base = _report(agreement=99.0)
+    new = _report(top1=80.0, agreement=98.0)
+    c = compare(base, new)
+    assert c.rows[-1] == ("top-1 agreement with FP32 (%)", "99.00", "98.00", "-1.00 pts")
+
+
 def test_accuracy_budget_unverifiable_is_a_failure_and_no_budget_no_failure():
     base, new = _report(top1=80.0, agreement=99.0), _report()
     c = compare(base, new, max_accuracy_drop_pts=1.0)

@@ -53,6 +53,8 @@ def test_compare_outputs_sizes_nonfinite_and_zero_outputs():
         compare_outputs([np.zeros(3)], [np.zeros(2)])
     err, ref_max, cos = compare_outputs([np.float32([1, -5])], [np.float32([1, np.nan])])
     assert err == float("inf") and ref_max == 5.0 and math.isnan(cos)
+    err, ref_max, _ = compare_outputs([np.float32([0.5, -0.25])], [np.float32([np.nan, 0])])
+    assert err == float("inf") and ref_max == 0.5  # the reference's own scale, even below 1
     err, _, cos = compare_outputs([np.float32([1, -5])], [np.float32([np.inf, 1])])
     assert err == float("inf") and math.isnan(cos)
     assert compare_outputs([np.zeros(3)], [np.zeros(3)]) == (0.0, 0.0, 1.0)

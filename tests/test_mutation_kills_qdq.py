@@ -471,3 +471,53 @@ def test_initializers_read_in_a_graphs_attribute_are_kept():
 def test_clean_keeps_letters_of_both_cases():
     assert Names.clean("MyLayer.W") == "MyLayer_W"
     assert Names.clean("X.a") == "X_a" and Names.clean("_X_") == "X"
+
+
+def test_opset_of_the_ai_onnx_domain_spelled_out_is_raised_too():
+    act_q, w_q = _quantizers()
+    src = _model(opset=11)
+    src.opset_import[0].domain = "ai.onnx"
+    m = build_qdq(src, _plan(), act_q, w_q)
+    assert [o.version for o in m.opset_import] == [13]
+
+
+def test_a_model_without_a_default_domain_opset_is_not_converted():
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [2])  # noqa: E731
+    g = helper.make_graph([helper.make_node("Op", ["x"], ["y"], domain="custom.ops")], "g", [vi("x")], [vi("y")])
+    src = helper.make_model(g, opset_imports=[helper.make_opsetid("custom.ops", 1)])
+    m = build_qdq(src, Plan({}, [], [], [], {}), {}, {})
+    assert [(o.domain, o.version) for o in m.opset_import] == [("custom.ops", 1)]
+    assert [n.op_type for n in m.graph.node] == ["Op"]
+
+
+def test_plan_names_missing_from_the_graph():
+    act_q, w_q = _quantizers()
+    with pytest.raises(ValueError, match=r"plan: layer 'gone' does not read weight 'conv.w'"):
+        build_qdq(_model(), Plan({}, [WeightSite("gone", "conv.w", 0)], ["gone"], [], {}), act_q, w_q)
+    # a kept-float layer the graph does not have keeps nothing else float
+    m = build_qdq(_model(), _plan(kept=("gone",)), act_q, w_q)
+    assert list(_node(m, "add").input) == ["r_dequantized", "c2"]
+
+
+def test_initializers_read_in_nested_subgraphs_are_kept():
+    act_q, w_q = _quantizers()
+    model = _model()
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [2])  # noqa: E731
+    inner_then = helper.make_graph([helper.make_node("Identity", ["conv.b"], ["t2"])], "it", [], [vi("t2")])
+    inner_else = helper.make_graph([helper.make_node("Neg", ["conv.b"], ["e2"])], "ie", [], [vi("e2")])
+    outer_then = helper.make_graph([helper.make_node("If", ["cond"], ["t"], then_branch=inner_then,
+                                                     else_branch=inner_else)], "ot", [], [vi("t")])
+    outer_else = helper.make_graph([helper.make_node("Identity", ["c2"], ["e"])], "oe", [],
+                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 1, 1])])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["bb"], then_branch=outer_then, else_branch=outer_else))
+    m = build_qdq(model, _plan(), act_q, w_q)
+    assert "conv.b" in _inits(m)
+
+
+def test_8bit_activation_reserves_no_clip_names():
+    act_q, w_q = _quantizers(r_bits=8)
+    model = _model()
+    model.graph.node.append(helper.make_node("Identity", ["c2"], ["r_clipped"], name="r_Clip"))
+    m = build_qdq(model, _plan(), act_q, w_q)
+    assert list(_node(m, "r_QuantizeLinear").input) == ["r", "r_q_scale", "r_q_zero_point"]
