@@ -46,7 +46,9 @@ from rich.table import Table  # noqa: E402
 
 from edgeforge.artifacts import write_json_atomic  # noqa: E402
 
-METHODS = ("minmax", "percentile", "mse", "entropy", "qhyvit", "ort")
+from edgeforge.quant.methods import names as _method_names  # noqa: E402
+
+METHODS = _method_names()  # the registry: every method edgeforge has, the ort baseline included
 
 
 def trained_fixtures() -> list[dict]:
@@ -98,7 +100,7 @@ REAL = {  # --models name -> (recipe, kind)
     "dinov2": ("pretrained_dinov2_vits14", "embedding"),
 }
 EVAL_SEED = 2024  # the calibration crops are `natural` (seed 0): these are other crops
-OURS = ("minmax", "percentile", "mse", "entropy", "qhyvit")
+OURS = tuple(m for m in METHODS if m != "ort")  # ort is run below with the other baselines
 INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
@@ -146,17 +148,20 @@ def _ort_static(fp32: Path, x, reduce_range: bool, out: Path) -> dict:
             "calibrate_method": "MinMax", "extra_options": extra}
 
 
-def _nncf(fp32: Path, x, out: Path) -> dict:
+def _nncf(fp32: Path, x, out: Path, transformer: bool = False) -> dict:
     import nncf
     import onnx
 
     model = onnx.load(str(fp32))
     name = model.graph.input[0].name
-    q = nncf.quantize(model, nncf.Dataset([{name: x[i:i + 1]} for i in range(len(x))]))
+    opts = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    q = nncf.quantize(model, nncf.Dataset([{name: x[i:i + 1]} for i in range(len(x))]), **opts)
     onnx.save(q, str(out.with_suffix(".tmp.onnx")))
     out.with_suffix(".tmp.onnx").replace(out)
     return {"tool": "nncf.quantize", "nncf": nncf.__version__, "backend": "onnx",
-            "settings": "defaults (preset performance, subset_size 300: all calibration samples given)"}
+            "settings": ("model_type=TRANSFORMER (SmoothQuant and its transformer rules), " if transformer else
+                         "defaults (") + "preset performance, subset_size 300: all calibration samples given"
+                        + ("" if transformer else ")")}
 
 
 def baseline_models(art: Path, data, console: Console) -> dict[str, dict]:
@@ -170,10 +175,11 @@ def baseline_models(art: Path, data, console: Console) -> dict[str, dict]:
     out: dict[str, dict] = {}
     jobs = {"ort": lambda p: _ort_static(fp32, data.x, False, p),
             "ort-reduce-range": lambda p: _ort_static(fp32, data.x, True, p),
-            "nncf": lambda p: _nncf(fp32, data.x, p)}
+            "nncf": lambda p: _nncf(fp32, data.x, p),
+            "nncf-transformer": lambda p: _nncf(fp32, data.x, p, transformer=True)}
     for name, job in jobs.items():
         versions = {}
-        for pkg in ("onnxruntime", "nncf") if name == "nncf" else ("onnxruntime",):
+        for pkg in ("onnxruntime", "nncf") if name.startswith("nncf") else ("onnxruntime",):
             try:
                 versions[pkg] = md.version(pkg)
             except md.PackageNotFoundError:
@@ -184,7 +190,7 @@ def baseline_models(art: Path, data, console: Console) -> dict[str, dict]:
         if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
             out[name] = json.loads(meta.read_text())
             continue
-        if name == "nncf" and versions.get("nncf") is None:
+        if name.startswith("nncf") and versions.get("nncf") is None:
             out[name] = {"error": "nncf is not installed: `.venv/bin/python -m pip install nncf "
                                   "-c .venv/torch-constraints.txt` (benchmark only, not an edgeforge dependency)"}
             continue

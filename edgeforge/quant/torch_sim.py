@@ -170,7 +170,7 @@ class QuantizedModule:
             return self.model(*args, **kwargs)
 
     def set_enabled(self, enabled: bool) -> None:
-        for q in self.act_quantizers.values():
+        for q in self.act_quantizers.values():  # tensors a method left in float are not among them
             q.mode = "quant" if enabled else "off"
         for m in self.model.modules():
             if isinstance(m, QuantWeight):
@@ -442,6 +442,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
         raise BadInput(f"torch.fx cannot capture {type(model).__name__} ({type(e).__name__}: {e}); quantize its "
                        "exported ONNX instead (`edgeforge quantize ARTIFACT`)") from e
     cancel_inverse_permutes(gm)
+    forced = meth.rewrite_torch(gm, x, scheme)  # e.g. repquant's LayerNorm folding, as the engine does
     sites, weighted, kept = place(gm, list(keep_fp), norm_inputs)
     act: dict[str, ActQuant] = {}
     for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
@@ -484,7 +485,12 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     for m in qweights:
         m.enabled, m.collecting = True, False
     for q in act.values():
-        if softmax_quantizer in q.roles:
+        if q.site in forced and forced[q.site] is None:  # the method leaves this tensor in float
+            q.mode = "off"
+            continue
+        if q.site in forced:
+            q.qparams = convert_for_target(forced[q.site], scheme, f"activation {q.site}")
+        elif softmax_quantizer in q.roles:
             q.qparams = log_params(max(q.observer.max, 1e-8), scheme.act_bits, softmax_quantizer, method)
         else:
             qp = q.observer.params(scheme.act_bits, scheme.act_symmetric, scheme.act_signed)
@@ -492,4 +498,6 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
             q.qparams = fit_inside(qp, *q.clip) if q.clip else qp
         q.mode = "quant"
     _quantize_biases(gm)
+    # tensors the method leaves in float keep their pass-through module but are no quantizers
+    act = {k: q for k, q in act.items() if q.mode == "quant"}
     return QuantizedModule(gm, scheme, method, act, wq, kept)

@@ -59,6 +59,11 @@ class Method:
     def rewrite(self, ctx: Context) -> None:
         """Exact graph rewrites before calibration (ctx.model is replaced in place)."""
 
+    def rewrite_torch(self, gm, x, scheme) -> dict:
+        """The same rewrites on the torch simulation's fx graph (parameters change in place);
+        returns {fx node name: QParams} for activation quantizers the rewrite fixes."""
+        return {}
+
     def weight_params(self, w: np.ndarray, bits: int, axis: int | None):
         """Per-channel symmetric weights: minmax at 8 bits, the MSE clip search below (minmax spends
         the few levels of a narrow grid on outliers)."""
