@@ -266,14 +266,12 @@ def reparam_torch(gm, x, bits: int, symmetric: bool, signed: bool, batch: int = 
 
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
-        if n.op == "call_module":
+        if n.op in ("call_module", "get_attr"):
             calls[n.target] = calls.get(n.target, 0) + 1
     sites = []
     for n in gm.graph.nodes:
-        if n.op != "call_module" or calls[n.target] != 1:
-            continue
-        ln = gm.get_submodule(n.target)
-        if not isinstance(ln, nn.LayerNorm) or len(ln.normalized_shape) != 1 or not ln.elementwise_affine:
+        norm = _layer_norm_params(gm, n, calls)
+        if norm is None:
             continue
         chain, linears, stack, ok = [n], [], [n], True
         while stack and ok:
@@ -295,37 +293,37 @@ def reparam_torch(gm, x, bits: int, symmetric: bool, signed: bool, batch: int = 
                 else:
                     ok = False
                     break
-        if ok and linears and all(lin.in_features == ln.normalized_shape[0] for lin in linears):
-            sites.append((n, ln, linears, chain))
+        if ok and linears and all(lin.in_features == norm[0].shape[0] for lin in linears):
+            sites.append((n, norm, linears, chain))
     if not sites:
         return {}
     lo: dict[str, torch.Tensor] = {}
     hi: dict[str, torch.Tensor] = {}
-    hooks = []
-    for n, ln, _, _ in sites:
-        def hook(mod, inp, out, key=n.name):
-            v = out.detach().reshape(-1, out.shape[-1]).double()
-            mn, mx = v.min(0).values, v.max(0).values
-            lo[key] = mn if key not in lo else torch.minimum(lo[key], mn)
-            hi[key] = mx if key not in hi else torch.maximum(hi[key], mx)
-        hooks.append(ln.register_forward_hook(hook))
+    # per-channel ranges of the LayerNorm outputs, watched by an fx interpreter (modules and functions alike)
+    from torch.fx.interpreter import Interpreter
+
+    watched = {n for n, *_ in sites}
+
+    class Watch(Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node in watched:
+                v = out.detach().reshape(-1, out.shape[-1]).double()
+                mn, mx = v.min(0).values, v.max(0).values
+                lo[node.name] = mn if node.name not in lo else torch.minimum(lo[node.name], mn)
+                hi[node.name] = mx if node.name not in hi else torch.maximum(hi[node.name], mx)
+            return out
+
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            gm(x[i:i + batch])
-    for h in hooks:
-        h.remove()
+            Watch(gm).run(x[i:i + batch])
     forced = {}
     with torch.no_grad():
-        for n, ln, linears, chain in sites:
+        for n, (weight, bias), linears, chain in sites:
             rp = reparam_constants(lo[n.name].numpy(), hi[n.name].numpy(), bits, symmetric, signed)
-            g_new, b_new = rp.fold_norm(ln.weight.detach().cpu().numpy(),
-                                        ln.bias.detach().cpu().numpy() if ln.bias is not None
-                                        else np.zeros(ln.normalized_shape, np.float32))
-            ln.weight.copy_(torch.from_numpy(g_new))
-            if ln.bias is None:
-                ln.bias = nn.Parameter(torch.from_numpy(b_new))
-            else:
-                ln.bias.copy_(torch.from_numpy(b_new))
+            g_new, b_new = rp.fold_norm(weight.detach().cpu().numpy(), bias.detach().cpu().numpy())
+            weight.copy_(torch.from_numpy(g_new))
+            bias.copy_(torch.from_numpy(b_new))
             for lin in linears:
                 w_new, bl = rp.fold_linear(lin.weight.detach().cpu().numpy(),
                                            None if lin.bias is None else lin.bias.detach().cpu().numpy(), 1)
@@ -337,3 +335,26 @@ def reparam_torch(gm, x, bits: int, symmetric: bool, signed: bool, batch: int = 
             for c in chain:
                 forced[c.name] = rp.per_tensor
     return forced
+
+
+def _layer_norm_params(gm, n, calls: dict) -> tuple | None:
+    """(weight, bias) parameters of a last-axis affine LayerNorm node used once (nn.LayerNorm module,
+    or F.layer_norm on get_attr parameters as timm's LayerNorm traces), else None."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    if n.op == "call_module" and calls.get(n.target) == 1:
+        m = gm.get_submodule(n.target)
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and m.elementwise_affine \
+                and m.bias is not None:
+            return m.weight, m.bias
+        return None
+    if n.op == "call_function" and n.target is F.layer_norm:
+        args = list(n.args) + [None] * 5
+        shape = n.kwargs.get("normalized_shape", args[1])
+        w, b = n.kwargs.get("weight", args[2]), n.kwargs.get("bias", args[3])
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 1):
+            return None
+        if all(getattr(a, "op", None) == "get_attr" and calls.get(a.target) == 1 for a in (w, b)):
+            return gm.get_parameter(w.target), gm.get_parameter(b.target)
+    return None
