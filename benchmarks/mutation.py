@@ -219,6 +219,18 @@ EQUIVALENT: dict[str, str] = {
         'sort_keys=None and the default are both false: the same JSON text',
     'edgeforge.artifacts.xǁManifestǁverify__mutmut_27':
         'error-message wording only (17 instead of 16 hex digits of the recorded digest)',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_9':
+        'one side kept float32 is promoted exactly by the other (float64) side: hi - lo, max(|lo|, |hi|) and lo / scale are float64 either way',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_11':
+        'one side kept float32 is promoted exactly by the other (float64) side: hi - lo, max(|lo|, |hi|) and lo / scale are float64 either way',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_19':
+        'one side kept float32 is promoted exactly by the other (float64) side: hi - lo, max(|lo|, |hi|) and lo / scale are float64 either way',
+    'edgeforge.quant.quantizers.x_params_from_range__mutmut_21':
+        'one side kept float32 is promoted exactly by the other (float64) side: hi - lo, max(|lo|, |hi|) and lo / scale are float64 either way',
+    'edgeforge.quant.quantizers.x_fit_inside__mutmut_20':
+        "nan in min()/max() leaves the float64 check alone, and for float32 bounds (a Clip's min/max) a float64 product inside them rounds to a float32 inside them too; no difference in 80k random float64 bounds either",
+    'edgeforge.quant.quantizers.x_fit_inside__mutmut_23':
+        "nan in min()/max() leaves the float64 check alone, and for float32 bounds (a Clip's min/max) a float64 product inside them rounds to a float32 inside them too; no difference in 80k random float64 bounds either",
 }
 
 PYTEST_INI = """\
@@ -390,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
                  "modules_run": keys[:i + 1], "wall_s": round(time.monotonic() - t0, 1)}
         if args.phase == "before":
             doc["before_run"] = stamp
+        elif args.no_run or set(keys) != set(MODULES):  # a recount or a partial rerun: noted, not the run's time
+            doc.setdefault("reruns", {})
+            for k in keys[:i + 1]:
+                doc["reruns"][k] = {"date": stamp["date"], "recount_only": args.no_run,
+                                    "wall_s": section[k]["wall_s"]}
         else:
             doc.update(stamp)
             doc["threshold_pct"] = THRESHOLD_PCT

@@ -321,7 +321,14 @@ def test_fit_inside_takes_the_largest_scale_that_fits_both_ways():
              (params_from_range(-1.0, 6.0, 8, False, False), -1.0, 6.0),
              (params_from_range(-6.0, 1.0, 8, False, True), -6.0, 1.0),
              (params_from_range(-6.0, 6.0, 8, True, False), -6.0, 6.0),
-             (params_from_range(-6.0, 6.0, 6, True, True), -6.0, 6.0)]
+             (params_from_range(-6.0, 6.0, 6, True, True), -6.0, 6.0),
+             # asymmetric ranges where the float64 and float32 products sit on different sides of a bound
+             (params_from_range(-5.185267448425293, 5.8334856033325195, 8, False, False),
+              -5.185267448425293, 5.8334856033325195),
+             (params_from_range(-4.270291805267334, 6.8411478996276855, 8, False, False),
+              -4.270291805267334, 6.8411478996276855),
+             (params_from_range(-4.270291805267334, 6.8411478996276855, 8, False, True),
+              -4.270291805267334, 6.8411478996276855)]
     for qp, lo, hi in cases:
         out = fit_inside(qp, lo, hi)
         assert np.float32(out.scale) == reference(qp, lo, hi), (qp.to_json(), lo, hi)
