@@ -60,7 +60,8 @@ def trained_fixtures() -> list[dict]:
     return out
 
 
-def run(names: list[str], bits_list: list[str], num_samples: int, cache: Path, console: Console) -> list[dict]:
+def run(names: list[str], bits_list: list[str], num_samples: int, cache: Path, console: Console,
+        methods: tuple[str, ...] = ()) -> list[dict]:
     from edgeforge.export import export_recipe
     from edgeforge.quant.pipeline import quantize_artifact
 
@@ -74,7 +75,7 @@ def run(names: list[str], bits_list: list[str], num_samples: int, cache: Path, c
         export_recipe(recipe, out_dir=art, weights=str(ROOT / fx["weights"]), check_simplify_latency=False)
         console.print(f"[bold]{fx['name']}[/]: exported in {time.perf_counter() - t0:.0f}s")
         for bits in bits_list:
-            for method in METHODS:
+            for method in methods or METHODS:
                 if method == "ort" and bits != "w8a8":
                     continue
                 t0 = time.perf_counter()
@@ -258,7 +259,7 @@ def evaluate_int8(store: Path, path: Path, x, ref, kind: str, eval_key: str) -> 
 
 
 def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, console: Console,
-             cpu: dict) -> tuple[list[dict], dict]:
+             cpu: dict, methods: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
     from edgeforge.bench import photo_eval as pe
     from edgeforge.data.calib import load_calib
     from edgeforge.data.preprocess import Preprocess
@@ -281,7 +282,7 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
         fp32 = art / "fp32" / "model.onnx"
         ref, _ = cached_run(cache / "outputs", fp32, x, eval_key)
         models_to_eval: dict[str, tuple[Path | None, dict]] = {}
-        for method in OURS:
+        for method in [m for m in OURS if not methods or m in methods]:
             t0 = time.perf_counter()
             r = quantize_artifact(art, calib="natural", method=method, target="cpu-ort", num_samples=num_samples,
                                   analyze=False, simulate=False, console=console, show_progress=False)
@@ -290,7 +291,9 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
                                                     round(time.perf_counter() - t0, 1)})
         data = load_calib("natural", recipe.spec.input, num_samples)
         for name, b in baseline_models(art, data, console).items():
-            models_to_eval[name] = (Path(b["path"]) if "path" in b else None, b)
+            if not methods or name in methods or (name.startswith("ort") and "ort" in methods) \
+                    or (name.startswith("nncf") and "nncf" in methods):
+                models_to_eval[name] = (Path(b["path"]) if "path" in b else None, b)
         per_model_outputs = {}
         fp32_ov = None
         try:
@@ -401,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="", help=f"real pretrained models, comma-separated: {','.join(REAL)} "
                                                  "(or 'all'); fixtures then run only when named")
     ap.add_argument("--bits", nargs="+", default=["w8a8"], choices=["w8a8", "w6a6", "w4a8", "w4a4"])
+    ap.add_argument("--methods", default="", help="comma-separated methods to (re)measure (default: every "
+                                                  f"registered one: {','.join(METHODS)}; real models also run the "
+                                                  "baselines ort* and nncf*); rows of other methods are kept")
     ap.add_argument("--num-samples", type=int, default=32)
     ap.add_argument("--eval-count", type=int, default=200, help="photo crops the real models are compared on")
     ap.add_argument("--cache", default=str(ROOT / "artifacts" / "fixtures"))
@@ -415,9 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     cpu, source = cpu_info(), source_state()
     rows: list[dict] = []
     details: dict = {}
+    chosen = tuple(m for m in args.methods.split(",") if m)
+    if set(chosen) - set(METHODS) - {"nncf"}:
+        ap.error(f"--methods: unknown {sorted(set(chosen) - set(METHODS) - {'nncf'})}; accepted: "
+                 f"{', '.join(METHODS)}, nncf (real models)")
     run_fixtures = bool(args.names) or not models
     if run_fixtures:
-        rows = run(args.names, args.bits, args.num_samples, Path(args.cache), console)
+        rows = run(args.names, args.bits, args.num_samples, Path(args.cache), console, chosen)
         for r in rows:
             r["cpu"] = cpu["model"]
         if not rows:
@@ -425,18 +435,17 @@ def main(argv: list[str] | None = None) -> int:
             if not models:
                 return 1
     if models:
-        real_rows, details = run_real(models, args.num_samples, args.eval_count, Path(args.real_cache), console, cpu)
+        real_rows, details = run_real(models, args.num_samples, args.eval_count, Path(args.real_cache), console, cpu,
+                                      tuple(m for m in args.methods.split(",") if m))
         for d in details.values():  # rows of other models kept from an earlier run keep their own
             d["source"] = source
         rows += real_rows
     out = Path(args.out)
     old = _read_old(out)
-    # keep the rows this run did not redo (other fixtures, other real models)
-    redone_fixtures = ({r["model"] for r in rows if "kind" not in r} if args.names else
-                       ({"*"} if run_fixtures else set()))
-    kept = [r for r in old.get("rows", []) if not (
-        ("kind" in r and r["model"] in models) or
-        ("kind" not in r and ("*" in redone_fixtures or r["model"] in redone_fixtures)))]
+    # keep the rows this run did not redo, per (model, method, bits): a run of some methods or
+    # bits keeps the others
+    redone = {(r["model"], r["method"], r["bits"]) for r in rows}
+    kept = [r for r in old.get("rows", []) if (r["model"], r["method"], r.get("bits")) not in redone]
     all_rows = kept + rows
     photo = {k: v for k, v in old.get("photo_eval", {}).items() if k not in details} | details
     write_json_atomic(out, {"cpu": cpu, "source": source, "rows": all_rows, "photo_eval": photo})
