@@ -20,7 +20,19 @@ from edgeforge.errors import BadInput
 from edgeforge.quant import methods as qmethods
 from edgeforge.quant.scheme import BITS, resolve
 
-QUANT_VERSION = 7  # bump when the placement/calibration/simulation changes what a run produces
+QUANT_VERSION = 8  # bump when the placement/calibration/simulation changes what a run produces
+
+
+def quant_source_hash() -> str:
+    """sha256 over the quantizer's own source files (edgeforge/quant/**.py): a step made by other
+    quantization code is redone, even where nobody bumped QUANT_VERSION (a method's search changed)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -290,7 +302,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     settings = {"method": method, "bits": bits, "scheme": scheme_key, "calib_hash": data.hash,
                 "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
                 "analyze": analyze, "simulate": simulate, "bias_correction": bias_correction,
-                "version": QUANT_VERSION}
+                "version": QUANT_VERSION, "source": quant_source_hash()}
     if max_drop is not None:  # only then: the inputs of existing steps keep their hash
         settings["mixed_precision"] = {"max_drop": max_drop, "metric": max_drop_metric,
                                        "version": mp.MIXED_PRECISION_VERSION}
