@@ -13,6 +13,7 @@ and mutmut only runs, per mutated function, the selected tests that call that fu
     .venv/bin/python benchmarks/mutation.py                  # all modules -> benchmarks/results/mutation.json
     .venv/bin/python benchmarks/mutation.py --only qdq       # one module (merged into the JSON)
     .venv/bin/python benchmarks/mutation.py --phase before   # existing tests only, recorded as `before`
+    .venv/bin/python benchmarks/mutation.py --no-run         # recount the last run (after editing EQUIVALENT)
 
 `make mutation` runs the first (not part of `make test`: it takes a while).
 
@@ -27,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
