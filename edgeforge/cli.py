@@ -170,6 +170,10 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
 @click.option("--no-bias-correction", is_flag=True,
               help="Keep the float biases as they are (default: each Conv/Gemm bias absorbs the mean output "
                    "shift its weight rounding causes, from the calibration samples).")
+@click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default=None,
+              help="Integer codes of the weights: nearest level, or gptq (each linear / 1x1 conv layer's codes "
+                   "chosen to minimise its output error on the calibration inputs; scales unchanged). Default: the "
+                   "method's (gptq for repquant, nearest otherwise).")
 @click.option("--no-analysis", is_flag=True, help="Skip the per-layer error analysis.")
 @click.option("--no-sim", is_flag=True, help="Skip the torch-simulation vs ONNX Runtime agreement check.")
 @click.option("--max-drop", "max_drop", type=float, default=None,
@@ -183,8 +187,8 @@ def import_(model, out_dir, mean, std, layout, name, force) -> None:
               show_default=True, help="The loss --max-drop budgets (see --max-drop).")
 @click.option("--force", is_flag=True, help="Quantize even if the inputs have not changed.")
 def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, act_scheme, norm_inputs,
-             int8_accumulation, overflow_fix, no_bias_correction, no_analysis, no_sim, max_drop, max_drop_metric,
-             force) -> None:
+             int8_accumulation, overflow_fix, no_bias_correction, weight_rounding, no_analysis, no_sim, max_drop,
+             max_drop_metric, force) -> None:
     """Post-training INT8 quantization of an exported artifact with a calibration set.
 
     Writes ARTIFACT/int8-<method>/model.onnx (QDQ) and quant.json (every quantizer, the
@@ -203,7 +207,8 @@ def quantize(artifact, calib_set, method, bits, target, num_samples, keep_fp, ac
                                num_samples=num_samples, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                                act_scheme=act_scheme, analyze=not no_analysis, simulate=not no_sim, force=force,
                                int8_accumulation=int8_accumulation, overflow_fix=overflow_fix,
-                               bias_correction=not no_bias_correction, max_drop=max_drop,
+                               bias_correction=not no_bias_correction, weight_rounding=weight_rounding,
+                               max_drop=max_drop,
                                max_drop_metric=max_drop_metric, argv=sys.argv, console=console)
     print_quant_summary(result, console)
     mp = (result.report or {}).get("mixed_precision") or result.entry.get("mixed_precision")

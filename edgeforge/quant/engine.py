@@ -105,7 +105,8 @@ def weight_shift(node: onnx.NodeProto, w: np.ndarray, qp: QParams, x_mean: np.nd
 def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Scheme,
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
                   percentile: float = 99.99, console=None, show_progress: bool = True,
-                  bias_correction: bool = True, torch_model=None) -> QuantizedOnnx:
+                  bias_correction: bool = True, torch_model=None,
+                  weight_rounding: str | None = None) -> QuantizedOnnx:
     """Quantize `model` with calibration samples `x` (N, ...) by the registered method `method`.
     `torch_model`: a callable returning the FP32 torch model the ONNX came from (methods that
     need gradients use it), or None."""
@@ -150,6 +151,13 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     ctx.act_q, ctx.weight_q = act_q, weight_q
     meth.refine(ctx)
     act_q, weight_q = ctx.act_q, ctx.weight_q
+    rounding = weight_rounding or meth.weight_rounding
+    if rounding not in ("nearest", "gptq"):
+        raise ValueError(f"weight rounding {rounding!r}: accepted nearest, gptq")
+    if rounding == "gptq":
+        from edgeforge.quant.gptq import reconstruct
+
+        ctx.info["weight_reconstruction"] = reconstruct(prepared, x, plan, weight_q, scheme, console, show_progress)
     shifts = {}
     for ws in corrected:
         node = nodes[ws.node]

@@ -256,7 +256,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
                       keep_fp: list[str] = (), norm_inputs: bool = False, act_scheme: str = "auto",
                       analyze: bool = True, simulate: bool = True, force: bool = False,
                       int8_accumulation: str | None = None, overflow_fix: str = "auto",
-                      bias_correction: bool = True, max_drop: float | None = None, max_drop_metric: str = "auto",
+                      bias_correction: bool = True, weight_rounding: str | None = None,
+                      max_drop: float | None = None, max_drop_metric: str = "auto",
                       argv: list[str] | None = None, console=None, show_progress: bool = True) -> QuantResult:
     """Quantize ARTIFACT/fp32/model.onnx; see the module docstring.
 
@@ -290,8 +291,14 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     t0 = time.perf_counter()
     data = load_calib(calib, spec, num_samples)
     t_data = time.perf_counter() - t0
+    if weight_rounding not in (None, "nearest", "gptq"):
+        raise BadInput(f"--weight-rounding {weight_rounding!r}: accepted nearest, gptq")
+    if weight_rounding and qmethods.get(method).engine == "ort":
+        raise BadInput("--weight-rounding applies to edgeforge's methods, not --method ort (ONNX Runtime rounds)")
+    own_rounding = qmethods.get(method).weight_rounding
     chosen = [v for v in ((int8_accumulation if int8_accumulation not in (None, "host") else None),
-                          (overflow_fix if overflow_fix != "auto" else None)) if v]
+                          (overflow_fix if overflow_fix != "auto" else None),
+                          (weight_rounding if weight_rounding not in (None, own_rounding) else None)) if v]
     name = step_name(method, bits, scheme.target, "-".join(chosen))
     if max_drop is not None:
         name += mp.step_suffix(max_drop, max_drop_metric)
@@ -302,6 +309,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
     settings = {"method": method, "bits": bits, "scheme": scheme_key, "calib_hash": data.hash,
                 "fp32_sha256": sha256_file(fp32), "keep_fp": sorted(keep_fp), "norm_inputs": norm_inputs,
                 "analyze": analyze, "simulate": simulate, "bias_correction": bias_correction,
+                "weight_rounding": weight_rounding or own_rounding,
                 "version": QUANT_VERSION, "source": quant_source_hash()}
     if max_drop is not None:  # only then: the inputs of existing steps keep their hash
         settings["mixed_precision"] = {"max_drop": max_drop, "metric": max_drop_metric,
@@ -346,7 +354,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
 
         q = quantize_onnx(model, data.x, method, scheme, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                           console=console, show_progress=show_progress, bias_correction=bias_correction,
-                          torch_model=None if exp.get("imported_from") else (lambda: torch_model_for(exp)))
+                          torch_model=None if exp.get("imported_from") else (lambda: torch_model_for(exp)),
+                          weight_rounding=weight_rounding)
         report["timings_s"] = {k: round(v, 3) for k, v in q.timings.items()}
         if max_drop is not None:
             q = mixed(mp.edgeforge_rebuilder(q, list(keep_fp), norm_inputs)).built

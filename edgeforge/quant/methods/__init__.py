@@ -55,6 +55,8 @@ class Method:
     engine: str = "edgeforge"  # "ort": ONNX Runtime's quantize_static runs the whole method
     # the name target profiles list under `quantization.quantizers` (mse is OMSE there)
     profile_name: str | None = None
+    # "nearest" or "gptq" (quant/gptq.py: codes that minimise each linear layer's output error)
+    weight_rounding: str = "nearest"
 
     def rewrite(self, ctx: Context) -> None:
         """Exact graph rewrites before calibration (ctx.model is replaced in place)."""

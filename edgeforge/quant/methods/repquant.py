@@ -35,6 +35,7 @@ class RepQuant(Method):
     # (DINOv2 ViT-S/14, nearest-neighbour agreement on 200 photo crops, AMD EPYC: minmax 0.74,
     # mse 0.73, percentile 0.54 under this method)
     observer = "minmax"
+    weight_rounding = "gptq"  # RepQuant's quantized-weight reconstruction (quant/gptq.py)
 
     def rewrite(self, ctx: Context) -> None:
         from edgeforge.quant.reparam import reparam_onnx
@@ -86,7 +87,6 @@ class RepQuant(Method):
                     ctx.act_q[t] = convert_for_target(f["qparams"], ctx.scheme, f"activation {t}")
                     placed += 1
         ctx.info["per_tensor_quantizers_placed"] = placed
-        ctx.info["weight_reconstruction"] = reconstruct_weights(ctx)
         log_kind = _log_softmax_kind(ctx.scheme)
         if log_kind:
             ctx.info["softmax_quantizer"] = {"used": log_kind, "why": f"target {ctx.scheme.target} runs it"}
@@ -114,59 +114,6 @@ class RepQuant(Method):
                 ctx.plan.acts.pop(t, None)
                 dropped.append(t)
         ctx.info["softmax_quantizer"]["values_kept_float"] = len(dropped)
-
-
-def reconstruct_weights(ctx: Context) -> dict:
-    """GPTQ rounding (`quant/gptq.py`) of every 2-D Gemm/MatMul weight against the Gram matrix of
-    its calibration inputs; returns what it did (summed expected output error before/after)."""
-    import time
-
-    from edgeforge.quant.calibrate import input_name, progress, session, with_outputs
-    from edgeforge.quant.gptq import gptq_params, output_error
-    from edgeforge.quant.placement import GraphIndex
-
-    if ctx.scheme.overflow_fix == "pairs":
-        # the saturation-safe codes (overflow.make_safe) bound pairs of codes; rounding them again
-        # would break that bound
-        return {"applied": False, "why": "int16-pairs target: the saturation-safe weight codes are kept"}
-    t0 = time.perf_counter()
-    idx = GraphIndex(ctx.model)
-    nodes = {n.name: n for n in ctx.model.graph.node}
-    sites = [ws for ws in ctx.plan.weights if nodes[ws.node].op_type in ("Gemm", "MatMul")
-             and ws.axis is not None and ws.initializer in ctx.weight_q
-             and idx.init_array(ws.initializer).ndim == 2]
-    if not sites:
-        return {"applied": False, "why": "no 2-D linear weights"}
-    inputs = list(dict.fromkeys(nodes[ws.node].input[0] for ws in sites))
-    sess = session(with_outputs(ctx.model, inputs))
-    inp = input_name(ctx.model)
-    grams: dict[str, np.ndarray] = {}
-    count = 0
-    with progress(f"input Gram matrices of {len(sites)} linear layers", len(ctx.x), ctx.console,
-                  ctx.show_progress) as adv:
-        for i in range(len(ctx.x)):
-            for t, v in zip(inputs, sess.run(inputs, {inp: ctx.x[i:i + 1]})):
-                r = v.reshape(-1, v.shape[-1]).astype(np.float64)
-                grams[t] = grams.get(t, 0) + r.T @ r
-            count += 1
-            adv()
-    before = after = 0.0
-    with progress("GPTQ weight rounding", len(sites), ctx.console, ctx.show_progress) as adv:
-        for ws in sites:
-            w = idx.init_array(ws.initializer)
-            h = grams[nodes[ws.node].input[0]] / max(count, 1)
-            if h.shape[0] != w.shape[1 - ws.axis]:
-                adv()
-                continue
-            qp = ctx.weight_q[ws.initializer]
-            new = gptq_params(w, qp, ws.axis, h)
-            e0, e1 = output_error(w, qp, ws.axis, h), output_error(w, new, ws.axis, h)
-            if e1 < e0:  # keep nearest rounding where it is already better (damping, tiny layers)
-                ctx.weight_q[ws.initializer] = new
-            before, after = before + e0, after + min(e0, e1)
-            adv()
-    return {"applied": True, "layers": len(sites), "expected_output_error_before": round(before, 6),
-            "expected_output_error_after": round(after, 6), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _log_softmax_kind(scheme) -> str | None:
