@@ -122,7 +122,8 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     ctx.plan = plan
     t_plan = time.perf_counter()
     idx = placement.GraphIndex(prepared)
-    observers = {t: Observer(observer_for(meth.observer, idx.producer[t].op_type if t in idx.producer else None),
+    act_observer = meth.activation_observer(scheme)
+    observers = {t: Observer(observer_for(act_observer, idx.producer[t].op_type if t in idx.producer else None),
                              percentile=percentile) for t in plan.acts}
     nodes = {n.name: n for n in prepared.graph.node}
     # bias correction needs each corrected layer's mean input (see bias_correction.py)

@@ -448,7 +448,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
     for i, (n, roles) in enumerate(sorted(sites.items(), key=lambda kv: list(gm.graph.nodes).index(kv[0]))):
         name = f"_q{i}_{n.name}"
         producer = "Softmax" if _is_softmax(n) else ("Clip" if _clip_bounds(gm, n) is not None else None)
-        q = ActQuant(n.name, roles, observer_for(meth.observer, producer))
+        q = ActQuant(n.name, roles, observer_for(meth.activation_observer(scheme), producer))
         q.clip = _clip_bounds(gm, n) if "output" in roles else None
         if softmax_quantizer != "uniform" and _is_softmax(n):
             q.roles.add(softmax_quantizer)

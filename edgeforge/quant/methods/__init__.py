@@ -58,6 +58,10 @@ class Method:
     # "nearest" or "gptq" (quant/gptq.py: codes that minimise each linear layer's output error)
     weight_rounding: str = "nearest"
 
+    def activation_observer(self, scheme) -> str:
+        """The range observer of activations under `scheme` (the engine and the simulation ask this)."""
+        return self.observer
+
     def rewrite(self, ctx: Context) -> None:
         """Exact graph rewrites before calibration (ctx.model is replaced in place)."""
 

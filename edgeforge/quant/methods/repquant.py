@@ -12,8 +12,9 @@
   records, per softmax, the SQNR of that product with uniform 8-bit, log-sqrt2 (what the method
   would use on a target that ran it) and float probabilities, measured on calibration samples.
 - Weights: per output channel, the clipping that minimises the L2 error among the 99.9th,
-  99.99th and 99.999th percentiles of |w| and max|w| (RepQ-ViT's initialisation).
-- Other activations: the percentile observer.
+  99.99th and 99.999th percentiles of |w| and max|w| (RepQ-ViT's initialisation); below 8 bits
+  the MSE clip search. Then GPTQ rounding (quant/gptq.py), the quantized-weight reconstruction.
+- Other activations: min/max at 8 bits, the MSE range search below.
 """
 
 from __future__ import annotations
@@ -73,7 +74,15 @@ class RepQuant(Method):
                 forced[n.name] = None
         return forced
 
+    def activation_observer(self, scheme) -> str:
+        # below 8 bits min/max spends the few levels on the extremes: the MSE range search there
+        return self.observer if scheme.act_bits >= 8 else "mse"
+
     def weight_params(self, w: np.ndarray, bits: int, axis: int | None):
+        if bits < 8:  # a 15- or 63-level grid: the finer MSE clip search beats the percentile candidates
+            from edgeforge.quant.observers import weight_params
+
+            return weight_params(w, bits, "mse", axis)
         return percentile_weight_params(w, bits, axis)
 
     def refine(self, ctx: Context) -> None:
