@@ -182,6 +182,7 @@ def reparam_onnx(model: onnx.ModelProto, x: np.ndarray, bits: int, symmetric: bo
     inits = {i.name: i for i in g.initializer}
     nodes = {n.name: n for n in g.node}
     out = {}
+    replaced: set[str] = set()
     for k, s in enumerate(sites):
         rp = reparam_constants(*ranges[s.output], bits, symmetric, signed)
         ln = nodes[s.norm]
@@ -189,6 +190,7 @@ def reparam_onnx(model: onnx.ModelProto, x: np.ndarray, bits: int, symmetric: bo
         beta = numpy_helper.to_array(inits[ln.input[2]]) if len(ln.input) > 2 and ln.input[2] else \
             np.zeros_like(gamma)
         g_new, b_new = rp.fold_norm(gamma, beta)
+        replaced.update(t for t in ln.input[1:] if t)
         gname, bname = f"{ln.input[1]}_repquant{k}", f"{ln.name}_bias_repquant{k}"
         _set_init(g, gname, g_new)
         _set_init(g, bname, b_new)
@@ -200,6 +202,7 @@ def reparam_onnx(model: onnx.ModelProto, x: np.ndarray, bits: int, symmetric: bo
         for j, (lin, in_axis) in enumerate(s.linears):
             w = numpy_helper.to_array(inits[lin.input[1]])
             bias_name, bias_add = _linear_bias(model, lin)
+            replaced.update(t for t in (lin.input[1], bias_name) if t)
             b = numpy_helper.to_array(inits[bias_name]) if bias_name else None
             if b is not None and b.shape != (w.shape[1 - in_axis],):
                 b = np.broadcast_to(b, (w.shape[1 - in_axis],)).copy()
@@ -219,7 +222,7 @@ def reparam_onnx(model: onnx.ModelProto, x: np.ndarray, bits: int, symmetric: bo
                 _insert_bias_add(model, lin, nb)
         out[s.norm] = {"qparams": rp.per_tensor, "chain": s.chain, "linears": [lin.name for lin, _ in s.linears],
                        "channels": s.channels}
-    _drop_unused_initializers(model)
+    _drop_unused_initializers(model, replaced)
     return out
 
 
@@ -246,9 +249,23 @@ def _insert_bias_add(model: onnx.ModelProto, lin: onnx.NodeProto, bias: str) -> 
     g.node.insert(pos + 1, add)
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {t for n in model.graph.node for t in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used or i.name in {o.name for o in model.graph.output}]
+def _drop_unused_initializers(model: onnx.ModelProto, candidates: set[str]) -> None:
+    """Remove the initializers the fold replaced, where nothing reads them any more (nodes of the
+    graph and of its subgraphs, graph outputs)."""
+    used: set[str] = {o.name for o in model.graph.output}
+
+    def scan(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            used.update(n.input)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    scan(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        scan(sg)
+
+    scan(model.graph)
+    keep = [i for i in model.graph.initializer if i.name in used or i.name not in candidates]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
 
