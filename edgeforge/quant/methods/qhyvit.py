@@ -192,6 +192,19 @@ class QHyViT(Method):
                     weight_q[ws.initializer] = make_safe(idx.init_array(ws.initializer), weight_q[ws.initializer],
                                                          layer, max_activation_code(scheme.act_bits,
                                                                                     scheme.act_signed), ws.axis)
+        # The search lowers each layer's objective; the paper's L is the model's output loss. Keep
+        # the searched weights and/or activations only where the whole model's output on the
+        # calibration samples (the target's integer kernels) is closer to FP32 than with the
+        # calibrated ones: a layer-wise search can overfit its few captured rows.
+        choice, losses = model_output_choice(ctx, {"calibrated": (ctx.act_q, ctx.weight_q),
+                                                   "weights searched": (ctx.act_q, weight_q),
+                                                   "activations searched": (act_q, ctx.weight_q),
+                                                   "both searched": (act_q, weight_q)})
+        info["model_output_check"] = {"loss": "KL(softmax FP32 || softmax INT8) of the model outputs on the "
+                                              "calibration samples, ONNX Runtime integer kernels",
+                                      "candidates": losses, "kept": choice}
+        act_q, weight_q = {"calibrated": (ctx.act_q, ctx.weight_q), "weights searched": (ctx.act_q, weight_q),
+                           "activations searched": (act_q, ctx.weight_q), "both searched": (act_q, weight_q)}[choice]
         ctx.act_q, ctx.weight_q = act_q, weight_q
 
         per_layer = {}
@@ -241,3 +254,28 @@ class QHyViT(Method):
                       "the torch simulation does not take these scales: the sim agreement check is not run"],
             "time_s": {"gradients": round(t_grad, 2), "capture": round(t_cap, 2), "search": round(t_search, 2),
                        "total": round(time.perf_counter() - t0, 2)}})
+
+
+def model_output_choice(ctx, candidates: dict[str, tuple[dict, dict]]) -> tuple[str, dict]:
+    """The candidate (act_q, weight_q) whose QDQ model's outputs on the calibration samples are
+    closest to FP32: KL of the softmaxed outputs for logits, relative squared error otherwise."""
+    from edgeforge.quant.calibrate import run_outputs
+    from edgeforge.quant.qdq import build_qdq
+
+    out = ctx.model.graph.output[0].name
+    ref = run_outputs(ctx.model, ctx.x, [out], optimize="all")[out].reshape(len(ctx.x), -1).astype(np.float64)
+    losses = {}
+    for name, (aq, wq) in candidates.items():
+        q = run_outputs(build_qdq(ctx.model, ctx.plan, aq, wq), ctx.x, [out], optimize="all")[out]
+        q = q.reshape(len(ctx.x), -1).astype(np.float64)
+        if ref.shape[1] > 1:
+            lp = ref - ref.max(1, keepdims=True)
+            lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+            lq = q - q.max(1, keepdims=True)
+            lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+            losses[name] = float((np.exp(lp) * (lp - lq)).sum(1).mean())
+        else:
+            losses[name] = float(((q - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
+    # ties (e.g. nothing changed) keep the earlier, simpler candidate
+    best = min(losses, key=lambda k: (losses[k], list(candidates).index(k)))
+    return best, {k: round(v, 8) for k, v in losses.items()}
