@@ -137,6 +137,21 @@ def test_qhyvit_keeps_trained_fixture_accuracy(trained):
     acc = float((top1(q.model) == ev.labels).mean())
     assert acc >= fp32_acc - 0.005, (acc, fp32_acc)
     assert q.method_info["loss_after"]["layers"] < q.method_info["loss_before"]["layers"]
+    # the torch simulation takes the searched quantizers and computes what ONNX Runtime computes
+    import torch
+
+    from edgeforge.errors import NotAvailable
+    from edgeforge.quant import quantize as torch_quantize
+
+    assert q.sim_params["acts"] and q.sim_params["weights"]  # the search changed both, and says which
+    sim = torch_quantize(model, calib.x, "qhyvit", method_params=q.sim_params)
+    changed = [t for t, a in sim.act_quantizers.items() if a.qparams.observer == "qhyvit"]
+    assert changed  # searched scales reached the simulation's quantizers
+    with torch.no_grad():
+        ps = sim.model(torch.from_numpy(ev.x)).argmax(-1).numpy()
+    assert float((ps == top1(q.model)).mean()) >= 0.99
+    with pytest.raises(NotAvailable):  # without the engine's results it says so, not a silent percentile run
+        torch_quantize(model, calib.x, "qhyvit")
 
 
 def test_gemm_token_rows_keep_their_sample():

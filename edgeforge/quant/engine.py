@@ -41,6 +41,7 @@ class QuantizedOnnx:
     timings: dict = field(default_factory=dict)
     bias_shift: dict = field(default_factory=dict)  # layer -> mean output shift corrected in its bias
     method_info: dict = field(default_factory=dict)  # what the method's rewrite/refine did (quant.json)
+    sim_params: object = None  # what the torch simulation needs of the method's choices (Method.apply_torch)
 
     def quantizers_json(self) -> dict:
         acts = {t: {**qp.to_json(), "roles": sorted(self.plan.acts[t].roles)} for t, qp in self.act_q.items()}
@@ -170,4 +171,5 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
     t_end = time.perf_counter()
     timings = {"plan_s": t_plan - t0, "calibrate_s": t_cal - t_plan, "weights_s": t_w - t_cal,
                "write_s": t_end - t_w, "total_s": t_end - t0}
-    return QuantizedOnnx(qmodel, prepared, plan, act_q, weight_q, passes, timings, shifts, ctx.info)
+    sim_params = ctx.info.pop("_sim_params", None)
+    return QuantizedOnnx(qmodel, prepared, plan, act_q, weight_q, passes, timings, shifts, ctx.info, sim_params)

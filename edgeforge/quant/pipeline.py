@@ -202,7 +202,7 @@ def torch_model_for(exp: dict):
 
 def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bits: str, target: str,
                   keep_fp: list[str], norm_inputs: bool, act_scheme: str, int8_accumulation: str | None = None,
-                  overflow_fix: str = "auto", bias_correction: bool = True) -> dict:
+                  overflow_fix: str = "auto", bias_correction: bool = True, method_params=None) -> dict:
     """Top-1 agreement between the torch simulation (`torch_sim.quantize`, same calibration
     samples, method and scheme) and ONNX Runtime running the QDQ model, on the eval split."""
     import torch
@@ -225,7 +225,7 @@ def sim_agreement(exp: dict, qmodel: onnx.ModelProto, data, ev, method: str, bit
         sim = torch_quantize(model, data.x, method, bits, target, keep_fp=keep_fp, norm_inputs=norm_inputs,
                              act_scheme=act_scheme,
                              int8_accumulation=int8_accumulation, overflow_fix=overflow_fix,
-                             bias_correction=bias_correction)
+                             bias_correction=bias_correction, method_params=method_params)
     except EdgeforgeError as e:
         return {"torch_sim": f"not run: {e}"}
     except Exception as e:  # noqa: BLE001
@@ -338,6 +338,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         report["timings_s"]["mixed_precision_s"] = res.report["timings_s"]["total_s"]
         return res
 
+    sim_params = None
     if qmethods.get(method).engine == "ort":
         from edgeforge.quant.ort_baseline import ort_quantize, qdq_params
 
@@ -361,7 +362,7 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
             q = mixed(mp.edgeforge_rebuilder(q, list(keep_fp), norm_inputs)).built
         report["bias_correction"] = {"layers": len(q.bias_shift), "mean_abs_shift": round(float(np.mean(
             [np.abs(v).mean() for v in q.bias_shift.values()])), 6) if q.bias_shift else None}
-        qmodel, prepared = q.model, q.prepared
+        qmodel, prepared, sim_params = q.model, q.prepared, q.sim_params
         if q.method_info:
             report["method_info"] = q.method_info
         report["graph_passes"] = q.graph_passes
@@ -386,7 +387,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
             sim_keep += sorted({module_path(k["layer"]) for k in report["mixed_precision"]["kept_fp"]})
         report["accuracy"].update(sim_agreement(exp, qmodel, data, ev, method, bits, scheme.target,
                                                 sim_keep, norm_inputs, act_scheme,
-                                                scheme.int8_accumulation, scheme.overflow_fix, bias_correction))
+                                                scheme.int8_accumulation, scheme.overflow_fix, bias_correction,
+                                                sim_params))
         report["timings_s"]["torch_sim_s"] = round(time.perf_counter() - t1, 3)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(onnx_path) as tmp:

@@ -84,19 +84,24 @@ class QuantWeight(nn.Module):
     def __init__(self, inner: nn.Module, qp: QParams):
         super().__init__()
         self.inner, self.qparams, self.enabled = inner, qp, True
-        w = inner.weight.detach()
-        if qp.codes is not None:  # saturation-safe codes: exactly the integers the QDQ model stores
-            wq = dequantize(qp.codes, qp)
-            w = torch.from_numpy(wq).to(w.dtype)
-        else:
-            w = _fake_quant(w, qp)
-        self.register_buffer("wq", w, persistent=False)
+        self.register_buffer("wq", self._quantized(qp), persistent=False)
         self.bq: torch.Tensor | None = None
         self.bias_int: np.ndarray | None = None  # the int32 values the QDQ model stores
         self.correct_bias = True
         self.collecting = False  # during calibration: sum the inputs (mean input map)
         self.x_sum: torch.Tensor | None = None
         self.x_count = 0
+
+    def _quantized(self, qp: QParams) -> torch.Tensor:
+        w = self.inner.weight.detach()
+        if qp.codes is not None:  # explicit codes (saturation-safe, GPTQ): the integers the QDQ model stores
+            return torch.from_numpy(dequantize(qp.codes, qp)).to(w.dtype)
+        return _fake_quant(w, qp)
+
+    def set_qparams(self, qp: QParams) -> None:
+        """Take another weight quantizer (a method's searched scales), after calibration."""
+        self.qparams = qp
+        self.wq = self._quantized(qp)
 
     # A parent that reads `self.conv.weight` in its own forward (or a tied layer) still finds the
     # float parameters: without these, swapping the layer for its QuantWeight broke that read
@@ -406,7 +411,7 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
              example_inputs: tuple | None = None, input_spec=None, num_samples: int | None = None,
              batch: int = 8, act_scheme: str = "auto", fold_bn: bool = True, console=None,
              show_progress: bool = False, int8_accumulation: str | None = None,
-             overflow_fix: str = "auto", bias_correction: bool = True) -> QuantizedModule:
+             overflow_fix: str = "auto", bias_correction: bool = True, method_params=None) -> QuantizedModule:
     """Quantize a torch model with a calibration set.
 
     `calib`: an array/tensor of preprocessed samples (N, ...), or a calibration-set name/path
@@ -497,6 +502,9 @@ def quantize(model: nn.Module, calib, method: str = "minmax", bits: str = "w8a8"
             qp = convert_for_target(qp, scheme, f"activation {q.site}")
             q.qparams = fit_inside(qp, *q.clip) if q.clip else qp
         q.mode = "quant"
+    meth.apply_torch(act, {t: gm.get_submodule(t) for t in dict.fromkeys(weighted)}, scheme, method_params)
+    for t in dict.fromkeys(weighted):  # the weight quantizers the simulation ends with
+        wq[t] = gm.get_submodule(t).qparams
     _quantize_biases(gm)
     # tensors the method leaves in float keep their pass-through module but are no quantizers
     act = {k: q for k, q in act.items() if q.mode == "quant"}

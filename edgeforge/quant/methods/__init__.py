@@ -70,6 +70,11 @@ class Method:
         returns {fx node name: QParams} for activation quantizers the rewrite fixes."""
         return {}
 
+    def apply_torch(self, sim_acts: dict, sim_weights: dict, scheme, params) -> None:
+        """After the simulation calibrated: take over what `refine` chose on the ONNX engine
+        (`params`: what refine left in ctx.info["_sim_params"], or None when the simulation runs
+        on its own). `sim_acts`: fx node name -> ActQuant; `sim_weights`: module path -> QuantWeight."""
+
     def weight_params(self, w: np.ndarray, bits: int, axis: int | None):
         """Per-channel symmetric weights: minmax at 8 bits, the MSE clip search below (minmax spends
         the few levels of a narrow grid on outliers)."""

@@ -18,8 +18,8 @@ also inside bridge blocks (the paper uses the bridge block's output for its laye
 bridge layers are listed and use the same layer-output objective); (dL/dO)^2 comes from the
 cross-entropy against the FP32 argmax (the KL of the paper has a zero gradient at the FP
 point); without a torch model (imported ONNX) the objective is plain output MSE.
-The torch simulation does not reproduce the searched scales, so the sim agreement check is not
-run for qhyvit (it says so).
+The torch simulation takes the searched scales from the engine (`apply_torch`), so the sim
+agreement check compares the same quantizers placed and computed independently.
 """
 
 from __future__ import annotations
@@ -45,11 +45,37 @@ class QHyViT(Method):
 
         return weight_params(w, bits, "mse" if bits < 8 else "minmax", axis)
 
-    def rewrite_torch(self, gm, x, scheme) -> dict:
-        from edgeforge.errors import NotAvailable
+    def apply_torch(self, sim_acts: dict, sim_weights: dict, scheme, params) -> None:
+        """The simulation takes the searched quantizers: activations by their calibrated quantizer
+        (the simulation's percentile calibration gives the engine's scales and zero-points, by
+        design), weights by module path."""
+        if params is None:
+            from edgeforge.errors import NotAvailable
 
-        raise NotAvailable("qhyvit's searched scales are not reproduced by the torch simulation "
-                           "(its quantizers are keyed by fx node, the search's by ONNX tensor)")
+            raise NotAvailable("qhyvit's scale search runs on the ONNX engine (edgeforge quantize / quantize_onnx); "
+                               "the torch simulation takes its results from there")
+        from edgeforge.quant.overflow import layer_for, make_safe, max_activation_code
+        from edgeforge.quant.quantizers import QParams
+
+        for q in sim_acts.values():
+            if q.qparams is not None and q.qparams.kind == "uniform" and not q.qparams.per_channel:
+                new = params["acts"].get(_act_key(q.qparams))
+                if new is not None:
+                    q.qparams = new
+        for path, qw in sim_weights.items():
+            new = params["weights"].get(path)
+            if new is None:
+                continue
+            w = qw.inner.weight.detach().cpu().numpy()
+            scale = np.asarray(new.scale, np.float32)
+            if scale.ndim and scale.shape[0] != w.shape[0]:
+                continue  # not the same layer after all (a layout the engine saw differently)
+            qp = QParams(scale, np.zeros_like(np.asarray(new.zero_point)), new.bits, True, True,
+                         0 if scale.ndim else None, new.observer, extra=dict(new.extra))
+            if scheme.overflow_fix == "pairs":  # as the simulation does for its own weights
+                layer, out_axis = layer_for("conv" if w.ndim >= 3 else "linear", w.shape)
+                qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), out_axis)
+            qw.set_qparams(qp)
 
     def refine(self, ctx) -> None:
         import torch
@@ -205,6 +231,19 @@ class QHyViT(Method):
                                       "candidates": losses, "kept": choice}
         act_q, weight_q = {"calibrated": (ctx.act_q, ctx.weight_q), "weights searched": (ctx.act_q, weight_q),
                            "activations searched": (act_q, ctx.weight_q), "both searched": (act_q, weight_q)}[choice]
+        # for the torch simulation (apply_torch): searched activations keyed by their calibrated
+        # quantizer (two tensors with the same calibrated one but different results: left out),
+        # searched weights by module path
+        sim_acts: dict = {}
+        for t, qp in act_q.items():
+            cal = ctx.act_q.get(t)
+            if cal is None or qp is cal or cal.per_channel or cal.kind != "uniform":
+                continue
+            k = _act_key(cal)
+            sim_acts[k] = None if k in sim_acts and sim_acts[k] is not qp else qp
+        sim_weights = {module_path(ws.node): weight_q[ws.initializer] for ws in ctx.plan.weights
+                       if weight_q[ws.initializer] is not ctx.weight_q.get(ws.initializer)}
+        info["_sim_params"] = {"acts": {k: v for k, v in sim_acts.items() if v is not None}, "weights": sim_weights}
         ctx.act_q, ctx.weight_q = act_q, weight_q
 
         per_layer = {}
@@ -251,7 +290,8 @@ class QHyViT(Method):
             "per_layer": per_layer,
             "notes": ["bridge-block layers are reconstructed against their own output, not the bridge block's "
                       "output as in the paper",
-                      "the torch simulation does not take these scales: the sim agreement check is not run"],
+                      "the torch simulation takes these scales (activations matched by their calibrated "
+                      "quantizer, weights by module path) and is compared with ONNX Runtime as for every method"],
             "time_s": {"gradients": round(t_grad, 2), "capture": round(t_cap, 2), "search": round(t_search, 2),
                        "total": round(time.perf_counter() - t0, 2)}})
 
@@ -279,3 +319,9 @@ def model_output_choice(ctx, candidates: dict[str, tuple[dict, dict]]) -> tuple[
     # ties (e.g. nothing changed) keep the earlier, simpler candidate
     best = min(losses, key=lambda k: (losses[k], list(candidates).index(k)))
     return best, {k: round(v, 8) for k, v in losses.items()}
+
+
+def _act_key(qp) -> tuple:
+    """A per-tensor quantizer's identity: float32 scale bits, zero-point, container."""
+    return (np.float32(np.asarray(qp.scale).reshape(())).tobytes(), int(np.asarray(qp.zero_point).reshape(())),
+            bool(qp.signed), int(qp.bits))
