@@ -1,12 +1,17 @@
 """Quantization methods, one file each, registered by name (as models are in `edgeforge.models`).
 
-The engine (`engine.quantize_onnx`) is a pipeline; a method plugs into it at four points:
+The engine (`engine.quantize_onnx`) is a pipeline; a method plugs into it at these points:
 - `rewrite(ctx)`: exact graph rewrites before calibration that make the model easier to quantize
   without changing its function (repquant folds per-channel post-LayerNorm ranges into the
   LayerNorm affine and the next linear layer);
-- `observer`: the range observer of each activation (minmax, percentile, mse, entropy);
+- `activation_observer(scheme)` (default `observer`): the range observer of each activation
+  (minmax, percentile, mse, entropy);
 - `weight_params(w, bits, axis)`: each weight's quantizer;
-- `refine(ctx)`: a search over the calibrated quantizers (qhyvit's loss-weighted scale search).
+- `refine(ctx)`: a search over the calibrated quantizers (qhyvit's loss-weighted scale search);
+- `weight_rounding`: "nearest" or "gptq" (quant/gptq.py), after refine.
+The torch simulation (`torch_sim.quantize`) calls `rewrite_torch` (the same rewrite on the fx
+graph) and `apply_torch` (take over what refine chose on the engine), so it places, calibrates
+and computes what the deployed QDQ model does.
 `engine = "ort"` hands the whole run to ONNX Runtime's own quantize_static instead (the baseline).
 
 The CLI's `--method` choices, the target profiles' `quantizers` check and the benchmarks all read
