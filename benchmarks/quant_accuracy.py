@@ -259,7 +259,7 @@ def evaluate_int8(store: Path, path: Path, x, ref, kind: str, eval_key: str) -> 
 
 
 def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, console: Console,
-             cpu: dict, methods: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
+             cpu: dict, methods: tuple[str, ...] = (), bits_list: tuple[str, ...] = ("w8a8",)) -> tuple[list[dict], dict]:
     from edgeforge.bench import photo_eval as pe
     from edgeforge.data.calib import load_calib
     from edgeforge.data.preprocess import Preprocess
@@ -282,15 +282,19 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
         fp32 = art / "fp32" / "model.onnx"
         ref, _ = cached_run(cache / "outputs", fp32, x, eval_key)
         models_to_eval: dict[str, tuple[Path | None, dict]] = {}
-        for method in [m for m in OURS if not methods or m in methods]:
-            t0 = time.perf_counter()
-            r = quantize_artifact(art, calib="natural", method=method, target="cpu-ort", num_samples=num_samples,
-                                  analyze=False, simulate=False, console=console, show_progress=False)
-            models_to_eval[method] = (r.onnx_path, {"tool": "edgeforge", "skipped": r.skipped,
-                                                    "quantize_seconds": None if r.skipped else
-                                                    round(time.perf_counter() - t0, 1)})
+        for bits in bits_list:
+            for method in [m for m in OURS if not methods or m in methods]:
+                t0 = time.perf_counter()
+                r = quantize_artifact(art, calib="natural", method=method, bits=bits, target="cpu-ort",
+                                      num_samples=num_samples, analyze=False, simulate=False, console=console,
+                                      show_progress=False)
+                key = method if bits == "w8a8" else f"{method}@{bits}"  # rows split it back
+                models_to_eval[key] = (r.onnx_path, {"tool": "edgeforge", "skipped": r.skipped,
+                                                     "quantize_seconds": None if r.skipped else
+                                                     round(time.perf_counter() - t0, 1)})
         data = load_calib("natural", recipe.spec.input, num_samples)
-        for name, b in baseline_models(art, data, console).items():
+        # the baselines are 8-bit tools (quantize_static, NNCF): W8A8 rows only
+        for name, b in (baseline_models(art, data, console).items() if "w8a8" in bits_list else ()):
             if not methods or name in methods or (name.startswith("ort") and "ort" in methods) \
                     or (name.startswith("nncf") and "nncf" in methods):
                 models_to_eval[name] = (Path(b["path"]) if "path" in b else None, b)
@@ -301,7 +305,8 @@ def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, 
         except Exception as e:  # noqa: BLE001
             fp32_ov = {"error": f"{type(e).__name__}: {e}"[:300]}
         for method, (path, meta) in models_to_eval.items():
-            row = {"model": short, "recipe": recipe_name, "kind": kind, "method": method, "bits": "w8a8",
+            row = {"model": short, "recipe": recipe_name, "kind": kind, "method": method.split("@")[0],
+                   "bits": method.split("@")[1] if "@" in method else "w8a8",
                    "target": "cpu-ort", "calib": f"natural x{num_samples}",
                    "eval": f"natural crops seed {EVAL_SEED} x{eval_count}", "cpu": cpu["model"],
                    "quantize_seconds": meta.get("quantize_seconds"),
@@ -359,7 +364,7 @@ def real_table(rows: list[dict], cpu: dict) -> Table:
             v = r.get(col)
             return _fmt(v.get(key)) if isinstance(v, dict) and "error" not in v else "n/a"
 
-        t.add_row(r["model"], r["method"], g("ort"), g("ort", second), g("emulation"), g("openvino"),
+        t.add_row(r["model"], r["method"] + ("" if r.get("bits", "w8a8") == "w8a8" else f" {r['bits']}"), g("ort"), g("ort", second), g("emulation"), g("openvino"),
                   g("ort_vs_emulation"), g("openvino_vs_emulation"))
     return t
 
@@ -436,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     if models:
         real_rows, details = run_real(models, args.num_samples, args.eval_count, Path(args.real_cache), console, cpu,
-                                      tuple(m for m in args.methods.split(",") if m))
+                                      tuple(m for m in args.methods.split(",") if m), tuple(args.bits))
         for d in details.values():  # rows of other models kept from an earlier run keep their own
             d["source"] = source
         rows += real_rows
