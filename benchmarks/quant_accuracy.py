@@ -259,7 +259,8 @@ def evaluate_int8(store: Path, path: Path, x, ref, kind: str, eval_key: str) -> 
 
 
 def run_real(models: list[str], num_samples: int, eval_count: int, cache: Path, console: Console,
-             cpu: dict, methods: tuple[str, ...] = (), bits_list: tuple[str, ...] = ("w8a8",)) -> tuple[list[dict], dict]:
+             cpu: dict, methods: tuple[str, ...] = (),
+             bits_list: tuple[str, ...] = ("w8a8",)) -> tuple[list[dict], dict]:
     from edgeforge.bench import photo_eval as pe
     from edgeforge.data.calib import load_calib
     from edgeforge.data.preprocess import Preprocess
@@ -364,7 +365,8 @@ def real_table(rows: list[dict], cpu: dict) -> Table:
             v = r.get(col)
             return _fmt(v.get(key)) if isinstance(v, dict) and "error" not in v else "n/a"
 
-        t.add_row(r["model"], r["method"] + ("" if r.get("bits", "w8a8") == "w8a8" else f" {r['bits']}"), g("ort"), g("ort", second), g("emulation"), g("openvino"),
+        method = r["method"] + ("" if r.get("bits", "w8a8") == "w8a8" else f" {r['bits']}")
+        t.add_row(r["model"], method, g("ort"), g("ort", second), g("emulation"), g("openvino"),
                   g("ort_vs_emulation"), g("openvino_vs_emulation"))
     return t
 
