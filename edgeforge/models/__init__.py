@@ -7,9 +7,9 @@ adding a file.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any, Callable
+
+from edgeforge.registry import import_submodules
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _loaded = False
@@ -33,9 +33,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and mod.name != "layers":
-            importlib.import_module(f"{__name__}.{mod.name}")
+    import_submodules(__name__, __path__, skip=("layers",))
 
 
 def edgeforge_models() -> list[str]:

@@ -125,12 +125,7 @@ def find_bridges(model: onnx.ModelProto) -> list[Bridge]:
             prev_blk = owner or ".".join(pp.split(".")[:depth])
         # inputs and output of the block's own nodes
         inside = set(pos)
-        produced = {o for i in pos for o in nodes[i].output}
-        ins = []
-        for i in pos:
-            for t in nodes[i].input:
-                if t and t not in produced and t not in idx.inits and t not in ins and idx.is_float(t):
-                    ins.append(t)
+        ins = _span_inputs(nodes, pos, idx)
         outs = [o for i in pos for o in nodes[i].output
                 if o in idx.graph_outputs or any(j not in inside for j in
                                                  (nodes.index(c) for c, _ in idx.consumers.get(o, [])))]
@@ -158,12 +153,18 @@ def find_bridges(model: onnx.ModelProto) -> list[Bridge]:
             lo = j + 1
         span = list(range(lo, first)) + pos
         names = [nodes[i].name for i in span]
-        produced = {o for i in span for o in nodes[i].output}
-        ins = []
-        for i in span:
-            for t in nodes[i].input:
-                if t and t not in produced and t not in idx.inits and t not in ins and idx.is_float(t):
-                    ins.append(t)
+        ins = _span_inputs(nodes, span, idx)
         out.append(Bridge(blk, reason, names, [nodes[i].name for i in span if nodes[i].op_type in COMPUTE],
                           ins, output, prev_blk))
     return out
+
+
+def _span_inputs(nodes: list, positions: list[int], idx) -> list[str]:
+    """The float activations the nodes at `positions` read from outside them, first use first."""
+    produced = {o for i in positions for o in nodes[i].output}
+    ins: list[str] = []
+    for i in positions:
+        for t in nodes[i].input:
+            if t and t not in produced and t not in idx.inits and t not in ins and idx.is_float(t):
+                ins.append(t)
+    return ins

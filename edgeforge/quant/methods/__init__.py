@@ -21,12 +21,12 @@ torch (the CLI's --help and the agent import it): methods import torch inside th
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from edgeforge.registry import import_submodules
 
 _REGISTRY: dict[str, type["Method"]] = {}
 _loaded = False
@@ -106,9 +106,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
+    import_submodules(__name__, __path__)
 
 
 # the order users see in --help: the plain observers first, the ViT methods, then the baseline
