@@ -176,7 +176,9 @@ def test_photo_eval_agreement_self_and_perturbed(mnv2_art, tmp_path):
     assert x.shape == (24, 3, 224, 224) and len(set(ids)) == 24
     ref = pe.run(mnv2_art.onnx_path, x)
     same = pe.agreement(ref, pe.run(mnv2_art.onnx_path, x), "classifier")
-    assert same == {"count": 24, "top1_agreement": 1.0, "top5_agreement": 1.0}
+    assert {k: same[k] for k in ("count", "top1_agreement", "top5_agreement", "kl")} == \
+        {"count": 24, "top1_agreement": 1.0, "top5_agreement": 1.0, "kl": 0.0}
+    assert same["decided"]["top1_agreement"] == 1.0 and 0 < same["decided"]["count"] <= 24
     # perturb every weight by 30% noise: a model that disagrees often
     m = onnx.load(str(mnv2_art.onnx_path))
     rng = np.random.default_rng(0)
@@ -188,6 +190,7 @@ def test_photo_eval_agreement_self_and_perturbed(mnv2_art, tmp_path):
     onnx.save(m, str(tmp_path / "noisy.onnx"))
     noisy = pe.agreement(ref, pe.run(tmp_path / "noisy.onnx", x), "classifier")
     assert noisy["top1_agreement"] < 0.9 and noisy["top1_agreement"] <= noisy["top5_agreement"] <= 1.0
+    assert noisy["kl"] > 0.05
     ex = pe.examples(ref, pe.run(tmp_path / "noisy.onnx", x), ids, 3)
     assert len(ex) == 3 and ex[0]["fp32"] != ex[0]["int8"]  # disagreements first, with class names
     # embeddings: the model's penultimate features stand in for a backbone's
@@ -197,3 +200,19 @@ def test_photo_eval_agreement_self_and_perturbed(mnv2_art, tmp_path):
     far = pe.embedding_agreement(emb, emb + rng.standard_normal(emb.shape).astype(np.float32))
     assert far["nn_agreement"] < 0.5 and far["mean_cosine"] < 0.8
     assert pe.nearest_neighbours(np.array([[1.0, 0], [0.9, 0.1], [0, 1]])).tolist() == [1, 0, 1]
+
+
+def test_classifier_agreement_kl_and_decided_crops_by_hand():
+    from edgeforge.bench import photo_eval as pe
+
+    # crop 0: clear (p = .84/.11/.04), flipped; crop 1: a near tie (margin 0), flipped;
+    # crop 2: clear, kept
+    ref = np.log(np.array([[0.84, 0.11, 0.05], [0.45, 0.45, 0.10], [0.1, 0.1, 0.8]]))
+    out = np.log(np.array([[0.2, 0.7, 0.1], [0.44, 0.46, 0.10], [0.1, 0.1, 0.8]]))
+    r = pe.classifier_agreement(ref, out)
+    assert r["top1_agreement"] == round(1 / 3, 4)
+    # 0.45 vs 0.45 is a tie; argmax picks class 0, out's picks class 1: a flip on an undecided crop
+    assert r["decided"] == {"margin": pe.DECIDED_MARGIN, "count": 2, "top1_agreement": 0.5}
+    p, q = np.exp(ref), np.exp(out)
+    kl = (p * (np.log(p) - np.log(q))).sum(1).mean()
+    assert r["kl"] == pytest.approx(kl, abs=1e-6)

@@ -143,9 +143,25 @@ def test_qhyvit_keeps_trained_fixture_accuracy(trained):
     from edgeforge.errors import NotAvailable
     from edgeforge.quant import quantize as torch_quantize
 
-    assert q.sim_params["acts"] and q.sim_params["weights"]  # the search changed both, and says which
+    info = q.method_info
+    # what the model-output checks kept is what the simulation is handed: searched weights only
+    # if a kept candidate has them; activations from the chosen start, the search or the
+    # output-loss search
+    assert bool(q.sim_params["weights"]) == (info["model_output_check"]["kept"] in ("weights searched",
+                                                                                    "both searched"))
+    assert q.sim_params["acts"]
+    # the start: the calibration whose model output (integer kernels) is closest to FP32
+    start = info["start"]
+    assert set(start["losses"]) == {"percentile", "entropy", "mse"}
+    assert start["losses"][start["observer"]] == min(start["losses"].values())
+    # the output-loss search ran over every activation quantizer and was kept only if the
+    # integer kernels agree it helps
+    os_info = info["output_search"]
+    assert os_info["visited"] == os_info["quantizers"] > 10 and os_info["loss_after"] <= os_info["loss_before"]
+    ck = os_info["kernel_check"]
+    assert ck["losses"][ck["kept"]] == min(ck["losses"].values())
     sim = torch_quantize(model, calib.x, "qhyvit", method_params=q.sim_params)
-    changed = [t for t, a in sim.act_quantizers.items() if a.qparams.observer == "qhyvit"]
+    changed = [t for t, a in sim.act_quantizers.items() if a.qparams.observer != "percentile"]
     assert changed  # searched scales reached the simulation's quantizers
     with torch.no_grad():
         ps = sim.model(torch.from_numpy(ev.x)).argmax(-1).numpy()

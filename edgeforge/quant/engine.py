@@ -150,7 +150,18 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
             if layer is not None:  # the torch simulation applies the same fix to the same weights
                 qp = make_safe(w, qp, layer, max_activation_code(scheme.act_bits, scheme.act_signed), ws.axis)
         weight_q[ws.initializer] = qp
-    ctx.act_q, ctx.weight_q = act_q, weight_q
+
+    def bias_shifts(wq: dict) -> dict[str, np.ndarray]:
+        """Each corrected layer's bias shift for weights quantized as `wq` (bias_correction.py)."""
+        out = {}
+        for ws in corrected:
+            node = nodes[ws.node]
+            shift = weight_shift(node, idx.init_array(ws.initializer), wq[ws.initializer], means[node.input[0]])
+            if shift is not None:
+                out[ws.node] = shift
+        return out
+
+    ctx.act_q, ctx.weight_q, ctx.observers, ctx.bias_shifts = act_q, weight_q, observers, bias_shifts
     meth.refine(ctx)
     act_q, weight_q = ctx.act_q, ctx.weight_q
     rounding = weight_rounding or meth.weight_rounding
@@ -160,12 +171,7 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
         from edgeforge.quant.gptq import reconstruct
 
         ctx.info["weight_reconstruction"] = reconstruct(prepared, x, plan, weight_q, scheme, console, show_progress)
-    shifts = {}
-    for ws in corrected:
-        node = nodes[ws.node]
-        shift = weight_shift(node, idx.init_array(ws.initializer), weight_q[ws.initializer], means[node.input[0]])
-        if shift is not None:
-            shifts[ws.node] = shift
+    shifts = bias_shifts(weight_q)
     t_w = time.perf_counter()
     qmodel = build_qdq(prepared, plan, act_q, weight_q, bias_shift=shifts)
     t_end = time.perf_counter()

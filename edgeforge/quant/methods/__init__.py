@@ -48,6 +48,12 @@ class Context:
     plan: Any = None  # placement.Plan, from calibration on
     act_q: dict = field(default_factory=dict)  # tensor -> QParams
     weight_q: dict = field(default_factory=dict)  # initializer -> QParams
+    # tensor -> quant.observers.Observer after calibration (its histogram gives any other
+    # observer's range without a second pass over the samples)
+    observers: dict = field(default_factory=dict)
+    # weight_q -> {layer: bias shift} as the engine applies when it writes the model (bias
+    # correction); searches that compare candidate models build them with it. None: no correction
+    bias_shifts: Any = None
     info: dict = field(default_factory=dict)
 
 

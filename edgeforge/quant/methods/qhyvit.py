@@ -1,6 +1,8 @@
 """`qhyvit`: Q-HyViT (arXiv 2303.12557), post-training quantization for hybrid conv+attention ViTs.
 
 What runs (the engine's `refine` hook, after percentile calibration):
+0. the start: percentile, entropy or mse ranges (from the same histograms), whichever gives the
+   model output closest to FP32 on the target's integer kernels;
 1. bridge blocks found in the graph (`quant.bridge`: conv -> attention, attention downsampling);
 2. per-layer granularity and scheme where the target allows it: weights per-channel (symmetric,
    int8 container) where the target takes per-channel weights, else per-tensor; activations
@@ -11,7 +13,11 @@ What runs (the engine's `refine` hook, after percentile calibration):
    deployable form here; zero-points are computed from ranges that contain 0, so they never
    overflow the integer range (the problem Q-HyViT fixes for per-channel activations);
 3. Hessian-guided reconstruction (`quant.reconstruction`): a grid search over weight and
-   activation scales minimising E[dO^T diag((dL/dO)^2) dO], several rounds.
+   activation scales minimising E[dO^T diag((dL/dO)^2) dO], several rounds; the searched
+   weights and/or activations are kept where the model output says they help;
+4. the paper's L itself: activation ranges searched against the whole model's output
+   (`quant.output_search`, KL to FP32 on the calibration samples, bounded by a time budget),
+   kept if the integer kernels agree (benchmarks/quant_accuracy.py has the figures).
 
 What differs from the paper, said in quant.json's `method_info`: O is each layer's own output,
 also inside bridge blocks (the paper uses the bridge block's output for its layers; here the
@@ -39,6 +45,9 @@ class QHyViT(Method):
     rounds = 3
     alphas = None  # default: reconstruction.ALPHAS (101 values in [0.01, 1.2])
     budget = 1 << 17  # floats per captured layer (rows x K): sets the search's cost
+    output_search_rounds = 1  # passes of quant.output_search after the layer-wise search (0: off)
+    output_search_budget_s = 300.0  # the output search stops starting new quantizers after this
+    start_observers = ("entropy", "mse")  # other calibrations the start is chosen from (with `observer`)
 
     def weight_params(self, w, bits, axis):
         from edgeforge.quant.observers import weight_params
@@ -110,6 +119,23 @@ class QHyViT(Method):
 
         idx = GraphIndex(ctx.model)
         nodes = {n.name: n for n in ctx.model.graph.node}
+        # The starting ranges: the calibrated observer whose model output (the target's integer
+        # kernels, calibration samples) is closest to FP32. Which one wins depends on the model
+        # (percentile on the ViT fixtures, entropy on ImageNet MobileNetV2).
+        calibrated = ctx.act_q
+        starts = {self.observer: calibrated}
+        for name in self.start_observers:
+            alt = _calibrated_as(ctx, idx, name)
+            if alt is not None and name not in starts:
+                starts[name] = alt
+        if len(starts) > 1:
+            start_name, start_losses = model_output_choice(ctx, {k: (v, ctx.weight_q) for k, v in starts.items()})
+        else:
+            start_name, start_losses = self.observer, None
+        start = starts[start_name]
+        info["start"] = {"observer": start_name, "losses": start_losses,
+                         "loss": "KL(softmax FP32 || softmax INT8) on the calibration samples, ONNX Runtime "
+                                 "integer kernels"}
         cout = {}
         for ws in ctx.plan.weights:
             w = idx.init_array(ws.initializer)
@@ -147,7 +173,7 @@ class QHyViT(Method):
         for ld in layers:
             ld.bridge = in_bridge.get(ld.node)
 
-        act_q, weight_q = dict(ctx.act_q), dict(ctx.weight_q)
+        act_q, weight_q = dict(start), dict(ctx.weight_q)
         for k, qp in list(weight_q.items()):
             if qp.codes is not None:  # explicit codes (pairs fix) are re-derived after the search
                 weight_q[k] = type(qp)(qp.scale, qp.zero_point, qp.bits, qp.symmetric, qp.signed, qp.axis,
@@ -201,12 +227,12 @@ class QHyViT(Method):
 
         # deployable forms: the target's container, the Clip it follows, the 16-bit pair fix
         for t, qp in act_q.items():
-            if qp is ctx.act_q.get(t):
+            if qp is start.get(t):
                 continue
             try:
                 qp = convert_for_target(qp, scheme, f"activation {t}")
             except BadInput:
-                qp = ctx.act_q[t]  # a candidate the target cannot run: keep the calibrated one
+                qp = start[t]  # a candidate the target cannot run: keep the calibrated one
             site = ctx.plan.acts.get(t)
             act_q[t] = fit_inside(qp, *site.clip) if site is not None and site.clip else qp
         if scheme.overflow_fix == "pairs":
@@ -222,21 +248,38 @@ class QHyViT(Method):
         # the searched weights and/or activations only where the whole model's output on the
         # calibration samples (the target's integer kernels) is closer to FP32 than with the
         # calibrated ones: a layer-wise search can overfit its few captured rows.
-        choice, losses = model_output_choice(ctx, {"calibrated": (ctx.act_q, ctx.weight_q),
-                                                   "weights searched": (ctx.act_q, weight_q),
+        choice, losses = model_output_choice(ctx, {"calibrated": (start, ctx.weight_q),
+                                                   "weights searched": (start, weight_q),
                                                    "activations searched": (act_q, ctx.weight_q),
                                                    "both searched": (act_q, weight_q)})
         info["model_output_check"] = {"loss": "KL(softmax FP32 || softmax INT8) of the model outputs on the "
                                               "calibration samples, ONNX Runtime integer kernels",
                                       "candidates": losses, "kept": choice}
-        act_q, weight_q = {"calibrated": (ctx.act_q, ctx.weight_q), "weights searched": (ctx.act_q, weight_q),
+        act_q, weight_q = {"calibrated": (start, ctx.weight_q), "weights searched": (start, weight_q),
                            "activations searched": (act_q, ctx.weight_q), "both searched": (act_q, weight_q)}[choice]
+        # The paper's L itself: activation ranges searched against the model's output, from the
+        # kept candidate; kept only if the target's integer kernels agree it is closer to FP32.
+        if self.output_search_rounds:
+            from edgeforge.quant import output_search
+
+            with progress("qhyvit: activation ranges by the model's output", len(act_q), ctx.console,
+                          ctx.show_progress) as adv:
+                searched, os_info = output_search.search(ctx.model, ctx.plan, act_q, weight_q, ctx.x, scheme,
+                                                         rounds=self.output_search_rounds, advance=adv,
+                                                         budget_s=self.output_search_budget_s,
+                                                         bias_shift=ctx.bias_shifts(weight_q) if ctx.bias_shifts
+                                                         else None)
+            kept, os_losses = model_output_choice(ctx, {"without": (act_q, weight_q), "with": (searched, weight_q)})
+            os_info["kernel_check"] = {"losses": os_losses, "kept": kept}
+            info["output_search"] = os_info
+            if kept == "with":
+                act_q = searched
         # for the torch simulation (apply_torch): searched activations keyed by their calibrated
         # quantizer (two tensors with the same calibrated one but different results: left out),
         # searched weights by module path
         sim_acts: dict = {}
         for t, qp in act_q.items():
-            cal = ctx.act_q.get(t)
+            cal = calibrated.get(t)  # the simulation calibrates with `observer`: its quantizers match these
             if cal is None or qp is cal or cal.per_channel or cal.kind != "uniform":
                 continue
             k = _act_key(cal)
@@ -300,25 +343,50 @@ def model_output_choice(ctx, candidates: dict[str, tuple[dict, dict]]) -> tuple[
     """The candidate (act_q, weight_q) whose QDQ model's outputs on the calibration samples are
     closest to FP32: KL of the softmaxed outputs for logits, relative squared error otherwise."""
     from edgeforge.quant.calibrate import run_outputs
+    from edgeforge.quant.output_search import output_loss
     from edgeforge.quant.qdq import build_qdq
 
     out = ctx.model.graph.output[0].name
-    ref = run_outputs(ctx.model, ctx.x, [out], optimize="all")[out].reshape(len(ctx.x), -1).astype(np.float64)
+    ref = run_outputs(ctx.model, ctx.x, [out], optimize="all")[out]
     losses = {}
     for name, (aq, wq) in candidates.items():
-        q = run_outputs(build_qdq(ctx.model, ctx.plan, aq, wq), ctx.x, [out], optimize="all")[out]
-        q = q.reshape(len(ctx.x), -1).astype(np.float64)
-        if ref.shape[1] > 1:
-            lp = ref - ref.max(1, keepdims=True)
-            lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-            lq = q - q.max(1, keepdims=True)
-            lq -= np.log(np.exp(lq).sum(1, keepdims=True))
-            losses[name] = float((np.exp(lp) * (lp - lq)).sum(1).mean())
-        else:
-            losses[name] = float(((q - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
+        shift = ctx.bias_shifts(wq) if ctx.bias_shifts else None  # as the engine will write it
+        q = run_outputs(build_qdq(ctx.model, ctx.plan, aq, wq, bias_shift=shift), ctx.x, [out], optimize="all")[out]
+        losses[name] = output_loss(ref, q)
     # ties (e.g. nothing changed) keep the earlier, simpler candidate
     best = min(losses, key=lambda k: (losses[k], list(candidates).index(k)))
     return best, {k: round(v, 8) for k, v in losses.items()}
+
+
+def _calibrated_as(ctx, idx, observer: str) -> dict | None:
+    """ctx's activation quantizers as `observer` would calibrate them, from the same histograms
+    (None when the calibration kept no histograms, e.g. a min/max observer)."""
+    import copy
+
+    from edgeforge.errors import BadInput
+    from edgeforge.quant.observers import observer_for
+    from edgeforge.quant.quantizers import fit_inside
+    from edgeforge.quant.scheme import convert_for_target
+
+    scheme = ctx.scheme
+    out = {}
+    for t, qp in ctx.act_q.items():
+        ob = ctx.observers.get(t)
+        if ob is None or qp.kind != "uniform" or qp.per_channel:
+            out[t] = qp  # fixed by a rewrite or not observed here: kept as calibrated
+            continue
+        alt = copy.copy(ob)
+        alt.method = observer_for(observer, idx.producer[t].op_type if t in idx.producer else None)
+        if alt.needs_hist and ob.hist is None:
+            return None
+        try:
+            new = convert_for_target(alt.params(scheme.act_bits, scheme.act_symmetric, scheme.act_signed), scheme,
+                                     f"activation {t}")
+        except BadInput:
+            return None
+        clip = ctx.plan.acts[t].clip if t in ctx.plan.acts else None
+        out[t] = fit_inside(new, *clip) if clip else new
+    return out
 
 
 def _act_key(qp) -> tuple:
