@@ -28,8 +28,9 @@ def with_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelPr
     return m
 
 
-def session(model: onnx.ModelProto | str, threads: int = 0, optimize: str = "basic"):
-    """An ORT CPU session; `optimize` 'basic' keeps intermediate tensors as named in the graph."""
+def session(model: onnx.ModelProto | str, threads: int = 0, optimize: str = "basic", quiet: bool = False):
+    """An ORT CPU session; `optimize` 'basic' keeps intermediate tensors as named in the graph;
+    `quiet`: not even errors logged (a run that is allowed to fail, e.g. probing a batch size)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -38,7 +39,7 @@ def session(model: onnx.ModelProto | str, threads: int = 0, optimize: str = "bas
                                    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimize]
     if threads:
         so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so.log_severity_level = 4 if quiet else 3
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False)
     if any(n.domain == "edgeforge" for n in proto.graph.node):
         # plugin-mode exports hold edgeforge:: nodes: ORT runs them through our kernel library

@@ -128,7 +128,7 @@ class _Feeds:
             # one run for all samples if the graph takes a symbolic batch (fixed Reshape shapes
             # often forbid it: then one sample at a time)
             try:
-                self.sess = session(_with_batch_dim(self.model, self.inp, self.out), optimize="disable")
+                self.sess = session(_with_batch_dim(self.model, self.inp, self.out), optimize="disable", quiet=True)
                 y = self.sess.run([self.out], {self.inp: self.x, **f})[0]
                 one = self.sess.run([self.out], {self.inp: self.x[:1], **f})[0]
                 # the same numbers up to float summation order (a rounding tie may flip one code)
