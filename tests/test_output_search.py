@@ -95,3 +95,14 @@ def test_output_loss_kl_and_relative_error():
     assert output_search.output_loss(ref, q) == pytest.approx((p * (ref[0] - q[0])).sum() / 2)
     emb = np.array([[1.0], [2.0]])
     assert output_search.output_loss(emb, emb * 1.1) == pytest.approx(0.01)
+
+
+def test_output_loss_of_an_embedding_is_its_relative_error_not_a_softmax_kl():
+    # a backbone's (N, D) output is a vector, not a distribution: scaling it by 1.1 is a 1% error
+    # (relative squared), which the softmax KL would score as if the classes' odds had changed
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((4, 384))
+    assert output_search.output_loss(emb, emb * 1.1, "embedding") == pytest.approx(0.01)
+    assert output_search.output_loss(emb, emb * 1.1) != pytest.approx(0.01)  # auto: taken as logits
+    with pytest.raises(ValueError):
+        output_search.output_loss(emb, emb, "vectors")

@@ -107,16 +107,17 @@ def quantize_onnx(model: onnx.ModelProto, x: np.ndarray, method: str, scheme: Sc
                   keep_fp: list[str] = (), norm_inputs: bool = False, weight_observer: str | None = None,
                   percentile: float = 99.99, console=None, show_progress: bool = True,
                   bias_correction: bool = True, torch_model=None,
-                  weight_rounding: str | None = None) -> QuantizedOnnx:
+                  weight_rounding: str | None = None, output_kind: str = "auto") -> QuantizedOnnx:
     """Quantize `model` with calibration samples `x` (N, ...) by the registered method `method`.
     `torch_model`: a callable returning the FP32 torch model the ONNX came from (methods that
-    need gradients use it), or None."""
+    need gradients use it), or None. `output_kind`: "logits", "embedding" or "auto" (methods that
+    compare model outputs use it; see output_search.output_loss)."""
     meth = qmethods.get(method)
     if meth.engine != "edgeforge":
         raise ValueError(f"method {method!r} is not run by this engine (engine {meth.engine!r})")
     t0 = time.perf_counter()
     prepared, passes = prepare(model, scheme.runtime)
-    ctx = qmethods.Context(prepared, x, scheme, console, show_progress, torch_model)
+    ctx = qmethods.Context(prepared, x, scheme, console, show_progress, torch_model, output_kind=output_kind)
     meth.rewrite(ctx)
     prepared = ctx.model
     plan = placement.plan(prepared, list(keep_fp), norm_inputs=norm_inputs)

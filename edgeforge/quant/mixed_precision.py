@@ -85,11 +85,14 @@ def step_suffix(max_drop: float, metric: str = "auto") -> str:
 
 
 # ----------------------------------------------------------------------------- the metric
-def is_embedding(export_entry: dict | None, out: np.ndarray) -> bool:
+def recipe_is_embedding(export_entry: dict | None) -> bool:
+    """The artifact's recipe builds a backbone without a classifier (`num_classes: 0`)."""
     rec = (export_entry or {}).get("resolved_recipe") or {}
-    if (rec.get("builder_args") or {}).get("num_classes") == 0:
-        return True
-    return out.ndim != 2 or out.shape[1] < 2
+    return (rec.get("builder_args") or {}).get("num_classes") == 0
+
+
+def is_embedding(export_entry: dict | None, out: np.ndarray) -> bool:
+    return recipe_is_embedding(export_entry) or out.ndim != 2 or out.shape[1] < 2
 
 
 def resolve_metric(metric: str, labels, export_entry: dict | None, ref: np.ndarray) -> tuple[str, str]:

@@ -35,12 +35,16 @@ from onnx import helper, numpy_helper
 FACTORS = (0.5, 0.7, 0.85, 1.15, 1.4)
 
 
-def output_loss(ref: np.ndarray, q: np.ndarray) -> float:
-    """KL(softmax ref || softmax q) averaged over samples for logits (N, C>1); relative squared
-    error otherwise."""
+def output_loss(ref: np.ndarray, q: np.ndarray, kind: str = "auto") -> float:
+    """How far `q` is from `ref` (N, ...): for logits the mean KL(softmax ref || softmax q); for
+    an embedding (or any output without a class axis) the relative squared error. `kind`:
+    "logits", "embedding", or "auto" (logits when the output is (N, C) with C > 1: pass
+    "embedding" for a backbone, whose (N, D) output is not a distribution)."""
+    if kind not in ("auto", "logits", "embedding"):
+        raise ValueError(f"output kind {kind!r}: accepted auto, logits, embedding")
     ref = ref.reshape(len(ref), -1).astype(np.float64)
     q = q.reshape(len(q), -1).astype(np.float64)
-    if ref.shape[1] > 1:
+    if kind == "logits" or (kind == "auto" and ref.shape[1] > 1):
         lp = ref - ref.max(1, keepdims=True)
         lp -= np.log(np.exp(lp).sum(1, keepdims=True))
         lq = q - q.max(1, keepdims=True)
@@ -158,12 +162,13 @@ def _with_batch_dim(model: onnx.ModelProto, inp: str, out: str) -> onnx.ModelPro
 
 def search(model: onnx.ModelProto, plan, act_q: dict, weight_q: dict, x: np.ndarray, scheme,
            rounds: int = 1, factors=FACTORS, advance: Callable[[int], None] | None = None,
-           budget_s: float | None = None, bias_shift: dict | None = None) -> tuple[dict, dict]:
+           budget_s: float | None = None, bias_shift: dict | None = None,
+           output_kind: str = "auto") -> tuple[dict, dict]:
     """Greedy output-loss search over the per-tensor uniform activation quantizers of `act_q`.
 
     Returns (new act_q, info for quant.json). Quantizers the search cannot move (per-channel,
     log) are left as they are. `bias_shift`: the bias correction the written model will carry
-    (build_qdq's argument), so the search sees that model. `budget_s`: stop starting new quantizers after this many seconds
+    (build_qdq's argument), so the search sees that model. `output_kind`: see output_loss. `budget_s`: stop starting new quantizers after this many seconds
     (what was searched is kept; quant.json says how far it got)."""
     from edgeforge.errors import BadInput
     from edgeforge.quant.calibrate import run_outputs
@@ -178,7 +183,7 @@ def search(model: onnx.ModelProto, plan, act_q: dict, weight_q: dict, x: np.ndar
                    bias_shift)
     q0 = feeds.run(act_q)
     cur = dict(act_q)
-    best = before = output_loss(ref, q0)
+    best = before = output_loss(ref, q0, output_kind)
     evals, changed, history, visited, stopped = 1, {}, [], 0, False
     order = [t for t in feeds.slots if cur[t].kind == "uniform" and not cur[t].per_channel]
     for _ in range(rounds):
@@ -202,7 +207,7 @@ def search(model: onnx.ModelProto, plan, act_q: dict, weight_q: dict, x: np.ndar
                         cand = fit_inside(cand, *site.clip)
                     trial = dict(cur)
                     trial[t] = cand
-                    e = output_loss(ref, feeds.run(trial))
+                    e = output_loss(ref, feeds.run(trial), output_kind)
                     evals += 1
                     if e < best:
                         best, cur[t] = e, cand
@@ -212,8 +217,9 @@ def search(model: onnx.ModelProto, plan, act_q: dict, weight_q: dict, x: np.ndar
         history.append(best)
         if stopped:
             break
-    info = {"loss": "KL(softmax FP32 || softmax QDQ) on the calibration samples (relative squared error for "
-                    "non-logit outputs), QDQ graph as float emulation",
+    info = {"loss": ("relative squared error of the embedding" if output_kind == "embedding" or
+                     (output_kind == "auto" and ref.reshape(len(ref), -1).shape[1] < 2) else
+                     "KL(softmax FP32 || softmax QDQ)") + " on the calibration samples, QDQ graph as float emulation",
             "loss_before": round(before, 8), "loss_after": round(best, 8), "loss_by_round": [round(h, 8) for h in history],
             "quantizers": len(order), "visited": visited, "changed": len(changed), "evaluations": evals,
             "stopped_by_budget": (f"after {budget_s:g} s: {visited} of {len(order) * rounds} quantizer visits"

@@ -356,7 +356,8 @@ def quantize_artifact(artifact: str | Path, calib: str | None = None, method: st
         q = quantize_onnx(model, data.x, method, scheme, keep_fp=list(keep_fp), norm_inputs=norm_inputs,
                           console=console, show_progress=show_progress, bias_correction=bias_correction,
                           torch_model=None if exp.get("imported_from") else (lambda: torch_model_for(exp)),
-                          weight_rounding=weight_rounding)
+                          weight_rounding=weight_rounding,
+                          output_kind="embedding" if mp.recipe_is_embedding(exp) else "auto")
         report["timings_s"] = {k: round(v, 3) for k, v in q.timings.items()}
         if max_drop is not None:
             q = mixed(mp.edgeforge_rebuilder(q, list(keep_fp), norm_inputs)).built

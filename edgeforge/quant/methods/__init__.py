@@ -54,6 +54,9 @@ class Context:
     # weight_q -> {layer: bias shift} as the engine applies when it writes the model (bias
     # correction); searches that compare candidate models build them with it. None: no correction
     bias_shifts: Any = None
+    # what the model outputs: "logits", "embedding" (a backbone: losses compare vectors, not
+    # distributions) or "auto" (logits when the output is (N, C > 1))
+    output_kind: str = "auto"
     info: dict = field(default_factory=dict)
 
 

@@ -134,8 +134,7 @@ class QHyViT(Method):
             start_name, start_losses = self.observer, None
         start = starts[start_name]
         info["start"] = {"observer": start_name, "losses": start_losses,
-                         "loss": "KL(softmax FP32 || softmax INT8) on the calibration samples, ONNX Runtime "
-                                 "integer kernels"}
+                         "loss": _loss_name(ctx) + " on the calibration samples, ONNX Runtime integer kernels"}
         cout = {}
         for ws in ctx.plan.weights:
             w = idx.init_array(ws.initializer)
@@ -252,7 +251,7 @@ class QHyViT(Method):
                                                    "weights searched": (start, weight_q),
                                                    "activations searched": (act_q, ctx.weight_q),
                                                    "both searched": (act_q, weight_q)})
-        info["model_output_check"] = {"loss": "KL(softmax FP32 || softmax INT8) of the model outputs on the "
+        info["model_output_check"] = {"loss": _loss_name(ctx) + " of the model outputs on the "
                                               "calibration samples, ONNX Runtime integer kernels",
                                       "candidates": losses, "kept": choice}
         act_q, weight_q = {"calibrated": (start, ctx.weight_q), "weights searched": (start, weight_q),
@@ -268,7 +267,7 @@ class QHyViT(Method):
                                                          rounds=self.output_search_rounds, advance=adv,
                                                          budget_s=self.output_search_budget_s,
                                                          bias_shift=ctx.bias_shifts(weight_q) if ctx.bias_shifts
-                                                         else None)
+                                                         else None, output_kind=ctx.output_kind)
             kept, os_losses = model_output_choice(ctx, {"without": (act_q, weight_q), "with": (searched, weight_q)})
             os_info["kernel_check"] = {"losses": os_losses, "kept": kept}
             info["output_search"] = os_info
@@ -341,7 +340,8 @@ class QHyViT(Method):
 
 def model_output_choice(ctx, candidates: dict[str, tuple[dict, dict]]) -> tuple[str, dict]:
     """The candidate (act_q, weight_q) whose QDQ model's outputs on the calibration samples are
-    closest to FP32: KL of the softmaxed outputs for logits, relative squared error otherwise."""
+    closest to FP32: KL of the softmaxed outputs for logits, relative squared error for
+    embeddings (ctx.output_kind)."""
     from edgeforge.quant.calibrate import run_outputs
     from edgeforge.quant.output_search import output_loss
     from edgeforge.quant.qdq import build_qdq
@@ -352,10 +352,15 @@ def model_output_choice(ctx, candidates: dict[str, tuple[dict, dict]]) -> tuple[
     for name, (aq, wq) in candidates.items():
         shift = ctx.bias_shifts(wq) if ctx.bias_shifts else None  # as the engine will write it
         q = run_outputs(build_qdq(ctx.model, ctx.plan, aq, wq, bias_shift=shift), ctx.x, [out], optimize="all")[out]
-        losses[name] = output_loss(ref, q)
+        losses[name] = output_loss(ref, q, ctx.output_kind)
     # ties (e.g. nothing changed) keep the earlier, simpler candidate
     best = min(losses, key=lambda k: (losses[k], list(candidates).index(k)))
     return best, {k: round(v, 8) for k, v in losses.items()}
+
+
+def _loss_name(ctx) -> str:
+    return ("relative squared error of the embedding" if ctx.output_kind == "embedding"
+            else "KL(softmax FP32 || softmax INT8)")
 
 
 def _calibrated_as(ctx, idx, observer: str) -> dict | None:
