@@ -3,13 +3,14 @@
 Layer-wise objectives (each layer's own output error, Hessian-weighted or not) pick ranges that
 are right for the layer and can still be wrong for the model: on torchvision's MobileNetV2 the
 layer-wise qhyvit search lowered every layer's objective and the model's top-1 agreement with
-FP32 fell (0.85 against entropy calibration's 0.91, AMD EPYC). The loss Q-HyViT and BRECQ
+FP32 fell (0.85 against entropy calibration's 0.91 on 200 photo crops, AMD EPYC). The loss Q-HyViT and BRECQ
 finally care about is the model's output, so this search measures exactly that: the KL between
 the FP32 model's softmax and the quantized model's (relative squared error for non-logit
 outputs such as embeddings), on the calibration samples.
 
 How it stays affordable: the QDQ model is written once with every activation quantizer's scale
-and zero-point (and the Clip bounds of sub-8-bit quantizers) turned into graph inputs, so one
+and zero-point (and the Clip bounds of sub-8-bit quantizers, and the int32 biases, whose scale
+is s_in * s_w) turned into graph inputs, so one
 ONNX Runtime session evaluates any candidate by feeding numbers, with no model rebuilt. That
 session runs the QDQ graph as float emulation (graph optimisation off: the integer fusions
 need constant scales); integer kernels compute the same quantizers, and the caller's
