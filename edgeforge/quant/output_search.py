@@ -164,12 +164,13 @@ def _with_batch_dim(model: onnx.ModelProto, inp: str, out: str) -> onnx.ModelPro
 def search(model: onnx.ModelProto, plan, act_q: dict, weight_q: dict, x: np.ndarray, scheme,
            rounds: int = 1, factors=FACTORS, advance: Callable[[int], None] | None = None,
            budget_s: float | None = None, bias_shift: dict | None = None,
-           output_kind: str = "auto") -> tuple[dict, dict]:
+           output_kind: str = "auto", fp32_output: np.ndarray | None = None) -> tuple[dict, dict]:
     """Greedy output-loss search over the per-tensor uniform activation quantizers of `act_q`.
 
     Returns (new act_q, info for quant.json). Quantizers the search cannot move (per-channel,
     log) are left as they are. `bias_shift`: the bias correction the written model will carry
-    (build_qdq's argument), so the search sees that model. `output_kind`: see output_loss. `budget_s`: stop starting new quantizers after this many seconds
+    (build_qdq's argument), so the search sees that model. `output_kind`: see output_loss.
+    `fp32_output`: the FP32 model's output on `x` if the caller has it (else computed here). `budget_s`: stop starting new quantizers after this many seconds
     (what was searched is kept; quant.json says how far it got)."""
     from edgeforge.errors import BadInput
     from edgeforge.quant.calibrate import run_outputs
@@ -179,7 +180,7 @@ def search(model: onnx.ModelProto, plan, act_q: dict, weight_q: dict, x: np.ndar
 
     t0 = time.perf_counter()
     out = model.graph.output[0].name
-    ref = run_outputs(model, x, [out], optimize="all")[out]
+    ref = run_outputs(model, x, [out], optimize="all")[out] if fp32_output is None else fp32_output
     feeds = _Feeds(build_qdq(model, plan, act_q, weight_q, bias_shift=bias_shift), act_q, x, model, plan, weight_q,
                    bias_shift)
     q0 = feeds.run(act_q)

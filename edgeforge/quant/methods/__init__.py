@@ -57,6 +57,8 @@ class Context:
     # what the model outputs: "logits", "embedding" (a backbone: losses compare vectors, not
     # distributions) or "auto" (logits when the output is (N, C > 1))
     output_kind: str = "auto"
+    # the FP32 model's output on `x`, once computed (the model-output checks share it)
+    fp32_output: Any = None
     info: dict = field(default_factory=dict)
 
 

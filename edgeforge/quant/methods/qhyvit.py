@@ -267,7 +267,8 @@ class QHyViT(Method):
                                                          rounds=self.output_search_rounds, advance=adv,
                                                          budget_s=self.output_search_budget_s,
                                                          bias_shift=ctx.bias_shifts(weight_q) if ctx.bias_shifts
-                                                         else None, output_kind=ctx.output_kind)
+                                                         else None, output_kind=ctx.output_kind,
+                                                         fp32_output=ctx.fp32_output)
             kept, os_losses = model_output_choice(ctx, {"without": (act_q, weight_q), "with": (searched, weight_q)})
             os_info["kernel_check"] = {"losses": os_losses, "kept": kept}
             info["output_search"] = os_info
@@ -347,7 +348,9 @@ def model_output_choice(ctx, candidates: dict[str, tuple[dict, dict]]) -> tuple[
     from edgeforge.quant.qdq import build_qdq
 
     out = ctx.model.graph.output[0].name
-    ref = run_outputs(ctx.model, ctx.x, [out], optimize="all")[out]
+    if ctx.fp32_output is None:
+        ctx.fp32_output = run_outputs(ctx.model, ctx.x, [out], optimize="all")[out]
+    ref = ctx.fp32_output
     losses = {}
     for name, (aq, wq) in candidates.items():
         shift = ctx.bias_shifts(wq) if ctx.bias_shifts else None  # as the engine will write it
